@@ -1,0 +1,1 @@
+"""Segmenter benchmark: metrics, segmenters behind one interface, the runner and the report."""

@@ -1,0 +1,77 @@
+"""The ``cellsynth`` command: a thin click group.
+
+Each command group lives in its own module here (``dataset``, ``tools``, ``stylegan3``,
+``pix2pixhd``, ``synth``, ``benchmark``, ``demo``); they parse options, call the library and
+report. Heavy imports (torch) happen inside the commands so ``cellsynth --help`` stays fast.
+Library code raises :class:`cellsynth.errors.CellsynthError`; :func:`main` prints its message
+as one line on stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from cellsynth import __version__
+from cellsynth.errors import CellsynthError
+
+# (module, attribute) of every sub-command or group, loaded when the group is built.
+_COMMANDS = {
+    "dataset": ("cellsynth.cli.dataset", "dataset"),
+    "tools": ("cellsynth.cli.tools", "tools"),
+    "stylegan3": ("cellsynth.cli.stylegan3", "stylegan3"),
+    "pix2pixhd": ("cellsynth.cli.pix2pixhd", "pix2pixhd"),
+    "synth": ("cellsynth.cli.synth", "synth"),
+    "benchmark": ("cellsynth.cli.benchmark", "benchmark"),
+    "demo": ("cellsynth.cli.demo", "demo"),
+}
+
+
+class _LazyGroup(click.Group):
+    """Loads the command modules on demand, so one broken group cannot break the others."""
+
+    def list_commands(self, ctx):
+        return sorted(name for name in _COMMANDS if self._load(name) is not None)
+
+    def get_command(self, ctx, name):
+        return self._load(name)
+
+    @staticmethod
+    def _load(name):
+        if name not in _COMMANDS:
+            return None
+        module, attr = _COMMANDS[name]
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except ModuleNotFoundError as exc:
+            if exc.name == module:  # the group is not built yet
+                return None
+            raise
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cellsynth")
+def cli():
+    """cellsynth: synthetic, fully annotated microscopy data and a segmenter benchmark."""
+
+
+def main(argv=None) -> None:
+    """Console entry point: run the group, turning CellsynthError into one line + exit 2."""
+    try:
+        cli.main(args=argv, prog_name="cellsynth", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except CellsynthError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,2 @@
+"""What both GAN trainers share: run folders, safe checkpoints, distributed launch, logging and
+image grids."""
