@@ -52,6 +52,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except Exception as exc:  # corrupt or truncated files surface as many exception types
         raise CellsynthError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
     arr = np.asarray(arr)
+    if arr.size == 0:
+        raise CellsynthError(f"{path}: cannot read image (no pixel data: empty or truncated file)")
     if arr.ndim == 3 and arr.shape[0] <= 4 and arr.shape[-1] > 4:
         arr = np.moveaxis(arr, 0, -1)
     if arr.ndim == 3 and arr.shape[-1] == 1:
