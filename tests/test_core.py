@@ -151,3 +151,17 @@ def test_cli_reports_errors_in_one_line(tmp_path):
         [sys.executable, "-m", "cellsynth", "no-such-command"], capture_output=True, text=True
     )
     assert r.returncode != 0 and "no-such-command" in r.stderr
+
+
+def test_atomic_outputs_have_usual_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        write_text(tmp_path / "f.txt", "x")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "a").write_text("y")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

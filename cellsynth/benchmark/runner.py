@@ -1,0 +1,531 @@
+"""The benchmark runner: train (or load from the cache) each segmenter, predict every test image,
+score it against the ground truth and write ``results.json``, ``results.csv`` and ``report.html``.
+
+Output folder (written atomically: it appears only when the run is complete)::
+
+    OUT/results.json        everything: datasets + provenance, per segmenter: status, error,
+                            options, budget, times, per-dataset summaries and per-image metrics
+    OUT/results.csv         one row per (segmenter, dataset) summary and per image
+    OUT/report.html         self-contained report (see :mod:`cellsynth.benchmark.report`)
+    OUT/samples/SEG/DATASET/NAME.tif   predictions on the few images shown in the report
+    OUT/logs/SEG.txt        traceback of a failed segmenter
+    OUT/work/SEG/           the segmenter's training folder (logs, checkpoints), when it used one
+
+A segmenter that raises in ``fit`` or ``predict``, or predicts labels of the wrong shape or dtype,
+is recorded with status ``"failed"`` and the error line; the others go on. Trained models are
+cached under ``cache_dir/SEG-KEY`` where KEY hashes the segmenter name, its options, its budget
+and a fingerprint of the training images and masks.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import gc
+import hashlib
+import io
+import json
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from cellsynth.atomic import atomic_dir, check_writable, write_text
+from cellsynth.benchmark import metrics
+from cellsynth.benchmark.segmenters.base import available, get_segmenter_class
+from cellsynth.datasets.canonical import SPLITS, CanonicalDataset
+from cellsynth.datasets.io import write_labels
+from cellsynth.errors import CellsynthError
+
+RESULTS_JSON = "results.json"
+RESULTS_CSV = "results.csv"
+REPORT_HTML = "report.html"
+CACHE_INFO = "cache.json"
+
+CSV_COLUMNS = [
+    "level",
+    "segmenter",
+    "dataset",
+    "image",
+    "status",
+    "n_true",
+    "n_pred",
+    "tp50",
+    "ap50",
+    "ap75",
+    "mean_ap",
+    "precision",
+    "recall",
+    "f1",
+    "pq",
+    "sq",
+    "rq",
+    "aji",
+    "fg_dice",
+    "fg_iou",
+    "count_error",
+    "confluence_error",
+    "train_s",
+    "predict_s",
+    "error",
+]
+
+
+class Subset:
+    """The first ``n`` samples of a :class:`CanonicalDataset` (same interface)."""
+
+    def __init__(self, dataset: CanonicalDataset, n: int | None):
+        self.dataset = dataset
+        self.root = dataset.root
+        self.names = dataset.names[: n if n else None]
+        self.meta = dataset.meta
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int):
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        return self.dataset[index % len(self)]
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def _provenance(split_dir: Path) -> dict:
+    """``manifest.json`` (synthetic) and/or ``dataset.json`` (imported) of a split or its root,
+    with long lists shortened."""
+
+    def shorten(x, depth=0):
+        if isinstance(x, dict):
+            if depth > 3:
+                return f"<{len(x)} keys>"
+            return {k: shorten(v, depth + 1) for k, v in list(x.items())[:50]}
+        if isinstance(x, list):
+            if len(x) > 20:
+                return [shorten(v, depth + 1) for v in x[:5]] + [f"... ({len(x)} items)"]
+            return [shorten(v, depth + 1) for v in x]
+        return x
+
+    found = {}
+    for folder in (split_dir, split_dir.parent):
+        for name in ("manifest.json", "dataset.json"):
+            path = folder / name
+            if name in found or not path.is_file():
+                continue
+            try:
+                found[name] = {"path": str(path), "content": shorten(json.loads(path.read_text()))}
+            except (OSError, ValueError) as exc:
+                found[name] = {"path": str(path), "error": f"unreadable: {exc}"}
+    return found
+
+
+def dataset_fingerprint(dataset, progress: bool = False) -> str:
+    """Hash of the names and bytes of a split's image and mask files (BLAKE2b, 16 hex digits)."""
+    from tqdm import tqdm
+
+    h = hashlib.blake2b(digest_size=8)
+    root = Path(dataset.root)
+    for name in tqdm(dataset.names, desc="fingerprint", disable=not progress, leave=False):
+        for sub in ("images", "masks"):
+            files = sorted((root / sub).glob(f"{name}.*"))
+            for f in files:
+                h.update(f"{sub}/{f.name}\0".encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _dataset_key(path: Path, taken: set) -> str:
+    path = path.resolve()
+    base = f"{path.parent.name}-{path.name}" if path.name in SPLITS else path.name
+    base = "".join(c if c.isalnum() or c in "-_." else "_" for c in base) or "dataset"
+    key, k = base, 2
+    while key in taken:
+        key, k = f"{base}_{k}", k + 1
+    taken.add(key)
+    return key
+
+
+def open_test_sets(test_dirs, max_images: int | None) -> dict[str, Subset]:
+    """Open each test folder (a split folder, or a root with test/ or val/); key -> dataset."""
+    if not test_dirs:
+        raise CellsynthError("no test dataset given; pass --test DIR (a canonical split folder)")
+    out, taken = {}, set()
+    for d in test_dirs:
+        d = Path(d)
+        split = "test" if (d / "test").is_dir() else ("val" if (d / "val").is_dir() else None)
+        ds = CanonicalDataset(d, split)
+        out[_dataset_key(ds.root, taken)] = Subset(ds, max_images)
+    return out
+
+
+# ----------------------------------------------------------------------------- segmenters
+
+
+def _resolve(name: str):
+    """(class, None) or (None, error line) for a known name; raises for unknown names."""
+    try:
+        return get_segmenter_class(name), None
+    except CellsynthError as exc:
+        if name not in available():
+            raise
+        return None, str(exc)
+
+
+def _error_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")
+
+
+def check_prediction(pred, image: np.ndarray, where: str) -> np.ndarray:
+    """Validate a segmenter's output against its input image; return the labels."""
+    if not isinstance(pred, np.ndarray):
+        raise CellsynthError(f"{where}: prediction is a {type(pred).__name__}, not a numpy array")
+    if pred.shape != image.shape[:2]:
+        raise CellsynthError(
+            f"{where}: prediction shape {pred.shape} does not match image shape {image.shape[:2]}"
+        )
+    if not np.issubdtype(pred.dtype, np.integer) or pred.dtype == bool:
+        raise CellsynthError(f"{where}: prediction dtype {pred.dtype} is not integer labels")
+    if pred.size and pred.min() < 0:
+        raise CellsynthError(f"{where}: prediction has negative labels")
+    return pred
+
+
+def cache_key(name: str, options: dict, budget: dict, fingerprint: str) -> str:
+    doc = json.dumps(
+        {"segmenter": name, "options": options, "budget": budget, "train": fingerprint},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
+def _free_memory() -> None:
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _clean(x):
+    """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _sample_indices(n: int, k: int) -> list[int]:
+    if n == 0 or k <= 0:
+        return []
+    return sorted({int(round(i)) for i in np.linspace(0, n - 1, min(k, n))})
+
+
+def _run_one(name, opts, budget, train, train_fp, tests, tmp, cache_dir, progress, n_samples):
+    """Train/load, predict and score one segmenter; returns its result dict (never raises for
+    the segmenter's own errors)."""
+    from tqdm import tqdm
+
+    res = {
+        "status": "ok",
+        "error": None,
+        "options": opts,
+        "budget": budget,
+        "trained": False,
+        "cached": False,
+        "cache_key": None,
+        "train_s": 0.0,
+        "datasets": {},
+    }
+    log = []
+
+    def fail(stage, exc):
+        res["status"] = "failed"
+        line = f"{stage}: {_error_line(exc)}"
+        res["error"] = res["error"] or line
+        log.append(f"== {stage}\n{''.join(traceback.format_exception(exc))}")
+        return line
+
+    cls, err = _resolve(name)
+    seg = None
+    if cls is None:
+        res.update(status="failed", error=f"load: {err}")
+    else:
+        try:
+            seg = cls(**opts)
+        except Exception as exc:
+            fail("options", exc)
+    if seg is not None and train is not None:
+        key = cache_key(name, opts, budget, train_fp) if train_fp else None
+        res["cache_key"] = key
+        cached = Path(cache_dir) / f"{name}-{key}" if cache_dir and key else None
+        if cached is not None and (cached / CACHE_INFO).is_file():
+            try:
+                seg = cls.load(cached)
+                info = json.loads((cached / CACHE_INFO).read_text())
+                res.update(cached=True, trained=True, train_s=float(info.get("train_s", 0.0)))
+            except Exception as exc:  # a broken cache entry: train again
+                log.append(f"== cache load failed, retraining\n{_error_line(exc)}")
+                seg = cls(**opts)
+        if not res["cached"]:
+            workdir = tmp / "work" / name
+            workdir.mkdir(parents=True, exist_ok=True)
+            t0 = time.perf_counter()
+            try:
+                seg.fit(
+                    train,
+                    workdir,
+                    budget_minutes=budget.get("minutes"),
+                    epochs=budget.get("epochs"),
+                    progress=progress,
+                )
+                res["train_s"] = time.perf_counter() - t0
+                res["trained"] = True
+            except Exception as exc:
+                res["train_s"] = time.perf_counter() - t0
+                fail("fit", exc)
+                seg = None
+            for folder in (workdir, workdir.parent):  # no empty folders left behind
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            if seg is not None and cached is not None:
+                try:
+                    with atomic_dir(cached, overwrite=True) as ctmp:
+                        seg.save(ctmp)
+                        info = {
+                            "segmenter": name,
+                            "options": opts,
+                            "budget": budget,
+                            "train": str(train.root),
+                            "train_fingerprint": train_fp,
+                            "train_s": res["train_s"],
+                            "created": datetime.datetime.now().isoformat(timespec="seconds"),
+                        }
+                        write_text(ctmp / CACHE_INFO, json.dumps(_clean(info), indent=1))
+                except Exception as exc:
+                    fail("save", exc)
+    for dkey, ds in tests.items():
+        dres = {"status": "ok", "error": None, "predict_s": 0.0, "images": [], "summary": None}
+        res["datasets"][dkey] = dres
+        if seg is None:
+            dres.update(status="failed", error=res["error"])
+            continue
+        show = set(_sample_indices(len(ds), n_samples))
+        bar = tqdm(range(len(ds)), desc=f"{name} on {dkey}", disable=not progress, leave=False)
+        for i in bar:
+            sample = ds[i]
+            where = f"{name} on {dkey}/{sample.name}"
+            try:
+                t0 = time.perf_counter()
+                pred = seg.predict(sample.image)
+                elapsed = time.perf_counter() - t0
+                pred = check_prediction(pred, sample.image, where)
+            except Exception as exc:
+                line = fail(f"predict {dkey}/{sample.name}", exc)
+                dres.update(status="failed", error=line)
+                break
+            row = metrics.image_metrics(sample.labels, pred)
+            row.update(name=sample.name, predict_s=elapsed)
+            dres["images"].append(row)
+            dres["predict_s"] += elapsed
+            if i in show:
+                write_labels(tmp / "samples" / name / dkey / f"{sample.name}.tif", pred)
+        if dres["status"] == "ok" and dres["images"]:
+            dres["summary"] = metrics.summarize(dres["images"])
+            dres["predict_s_per_image"] = dres["predict_s"] / len(dres["images"])
+    if log:
+        write_text(tmp / "logs" / f"{name}.txt", "\n".join(log))
+    return res
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _fmt(x):
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        return "" if not math.isfinite(x) else f"{x:.6g}"
+    return x
+
+
+def results_rows(results: dict) -> list[dict]:
+    """Flatten results into CSV rows: one per (segmenter, dataset) summary, then per image."""
+    rows = []
+    th = results["thresholds"]
+    i75 = th.index(0.75) if 0.75 in th else None
+    same = ("n_true", "n_pred", "tp50", "ap50", "mean_ap", "precision", "recall", "f1")
+    same += ("pq", "sq", "rq", "aji", "fg_dice", "fg_iou")
+    for sname, sres in results["segmenters"].items():
+        for dkey, dres in sres["datasets"].items():
+            base = {"segmenter": sname, "dataset": dkey, "train_s": sres["train_s"]}
+            s = dres.get("summary") or {}
+            row = {
+                **base,
+                "level": "dataset",
+                "image": "",
+                "status": dres["status"],
+                "error": dres["error"] or "",
+                "predict_s": dres.get("predict_s_per_image"),
+                "count_error": s.get("mean_abs_count_error"),
+                "confluence_error": s.get("mean_abs_confluence_error"),
+                "ap75": s["ap"][i75] if s and i75 is not None else None,
+            }
+            row.update({k: s.get(k) for k in same})
+            rows.append(row)
+            for r in dres["images"]:
+                row = {**base, "level": "image", "image": r["name"], "status": "ok", "error": ""}
+                row.update({k: r.get(k) for k in CSV_COLUMNS if k in r})
+                row["ap75"] = r["ap"][i75] if i75 is not None else None
+                rows.append(row)
+    return rows
+
+
+def write_csv(path: Path, results: dict) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in results_rows(results):
+        writer.writerow({k: _fmt(row.get(k)) for k in CSV_COLUMNS})
+    write_text(path, buf.getvalue())
+
+
+def run_benchmark(
+    train_dir,
+    test_dirs,
+    segmenters,
+    out,
+    budgets: dict | None = None,
+    options: dict | None = None,
+    cache_dir=None,
+    overwrite: bool = False,
+    progress: bool = True,
+    max_images: int | None = None,
+    n_samples: int = 3,
+) -> dict:
+    """Benchmark segmenters on canonical test datasets and write the results folder ``out``.
+
+    Args:
+        train_dir: canonical training split (a split folder, or a root with ``train/``), or None
+            to use the segmenters as they are (pretrained / untrained).
+        test_dirs: one or more canonical test split folders (or roots with ``test/``).
+        segmenters: segmenter names (see ``cellsynth.benchmark.segmenters.available()``).
+        out: output folder (must not exist unless ``overwrite``).
+        budgets: name -> ``{"minutes": M, "epochs": N}`` training budget (missing: None).
+        options: name -> constructor keyword options.
+        cache_dir: folder of cached trained models (None: no cache).
+        overwrite: replace an existing ``out``.
+        progress: show tqdm progress bars.
+        max_images: use at most this many images of each test dataset.
+        n_samples: images per dataset whose predictions are kept and shown in the report.
+    Returns: the results dict (also written to ``out/results.json``).
+    """
+    from tqdm import tqdm
+
+    from cellsynth.benchmark.report import write_report
+
+    out = Path(out)
+    check_writable(out, overwrite)
+    names = [s.strip() for s in (segmenters if not isinstance(segmenters, str) else [segmenters])]
+    names = [s for s in names if s]
+    if not names:
+        raise CellsynthError("no segmenter given; pass --segmenters classical,cellpose,...")
+    if len(set(names)) != len(names):
+        raise CellsynthError(f"segmenter listed twice: {', '.join(names)}")
+    for name in names:
+        _resolve(name)  # unknown names fail here, before any work
+    budgets, options = dict(budgets or {}), dict(options or {})
+    for what, table in (("budget", budgets), ("options", options)):
+        extra = sorted(set(table) - set(names))
+        if extra:
+            raise CellsynthError(f"{what} given for segmenter(s) not being run: {', '.join(extra)}")
+    if max_images is not None and max_images < 1:
+        raise CellsynthError(f"--max-images must be >= 1, got {max_images}")
+
+    train, train_fp = None, None
+    if train_dir is not None:
+        train = CanonicalDataset(train_dir, "train")
+        train_fp = dataset_fingerprint(train, progress) if cache_dir else None
+    tests = open_test_sets(test_dirs, max_images)
+
+    from cellsynth import __version__
+
+    results = {
+        "cellsynth_version": __version__,
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "thresholds": list(metrics.AP_THRESHOLDS),
+        "train": None
+        if train is None
+        else {
+            "path": str(Path(train.root).resolve()),
+            "n_images": len(train),
+            "fingerprint": train_fp,
+            "provenance": _provenance(Path(train.root)),
+        },
+        "datasets": {
+            k: {
+                "path": str(Path(ds.root).resolve()),
+                "n_images": len(ds),
+                "names": list(ds.names),
+                "provenance": _provenance(Path(ds.root)),
+            }
+            for k, ds in tests.items()
+        },
+        "segmenters": {},
+    }
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for name in tqdm(names, desc="segmenters", disable=not progress):
+            opts = dict(options.get(name) or {})
+            budget = {k: v for k, v in dict(budgets.get(name) or {}).items() if v is not None}
+            results["segmenters"][name] = _run_one(
+                name, opts, budget, train, train_fp, tests, tmp, cache_dir, progress, n_samples
+            )
+            _free_memory()
+        results = _clean(results)
+        write_text(tmp / RESULTS_JSON, json.dumps(results, indent=1))
+        write_csv(tmp / RESULTS_CSV, results)
+        write_report(tmp, results)
+    return results
+
+
+def load_results(out) -> dict:
+    """Read ``OUT/results.json`` (clear error when missing or corrupt)."""
+    path = Path(out) / RESULTS_JSON
+    if not path.is_file():
+        raise CellsynthError(f"{path}: no benchmark results here; run `cellsynth benchmark run`")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CellsynthError(f"{path}: corrupt results ({exc}); run the benchmark again") from None
+
+
+def rewrite_report(out) -> Path:
+    """Rebuild ``OUT/report.html`` from ``OUT/results.json`` and ``OUT/samples``."""
+    from cellsynth.benchmark.report import write_report
+
+    out = Path(out)
+    return write_report(out, load_results(out))
+
+
+__all__ = [
+    "run_benchmark",
+    "load_results",
+    "rewrite_report",
+    "dataset_fingerprint",
+    "check_prediction",
+    "cache_key",
+    "Subset",
+]
