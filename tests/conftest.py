@@ -34,7 +34,7 @@ def _torch_threads():
     try:
         import torch
 
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        torch.set_num_threads(1)  # tiny test networks: threads only add overhead
     except ImportError:
         pass
     yield

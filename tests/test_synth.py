@@ -1,0 +1,335 @@
+"""`cellsynth synth`: seeds, filters, the pipeline with simulate / folder / GAN sources, COCO,
+resume, shards + merge, determinism and bad input."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cellsynth.datasets import CanonicalDataset, read_image, read_labels
+from cellsynth.datasets.simulate import simulate_dataset, simulate_labels
+from cellsynth.errors import CellsynthError
+from cellsynth.synth import filter_cells, merge_shards, parse_seeds, parse_shard, synth
+from cellsynth.tools.points import spots_from_csv
+
+KW = dict(size=48, mean_radius=6, density=0.6, spots_count=2)
+
+
+def _files(d: Path) -> list[str]:
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
+
+
+def _same_files(a: Path, b: Path, ignore=()):
+    fa = [f for f in _files(a) if f not in ignore]
+    fb = [f for f in _files(b) if "shard" not in f]
+    assert fa == fb
+    for f in fa:
+        assert filecmp.cmp(a / f, b / f, shallow=False), f
+
+
+def test_parse_seeds_and_shard():
+    assert parse_seeds("0-3,10,2") == [0, 1, 2, 3, 10]
+    assert parse_seeds(7) == [7] and parse_seeds([3, 1]) == [3, 1]
+    assert parse_seeds("4294967295") == [2**32 - 1]
+    for bad in ("-1", "5-2", "a", "", "4294967296", "1,,2", "0-4294967296"):
+        with pytest.raises(CellsynthError):
+            parse_seeds(bad)
+    assert parse_shard("1/4") == (1, 4) and parse_shard(None) is None
+    for bad in ("4/4", "x", "1/0"):
+        with pytest.raises(CellsynthError):
+            parse_shard(bad)
+
+
+def test_filter_cells_matches_direct():
+    lab = simulate_labels(0, 64, density=0.7, mean_radius=6)
+    out = filter_cells(lab, min_size=60, border="drop")
+    keep = []
+    for i in range(1, int(lab.max()) + 1):
+        own = lab == i
+        edge = own[0].any() or own[-1].any() or own[:, 0].any() or own[:, -1].any()
+        if own.sum() >= 60 and not edge:
+            keep.append(i)
+    assert int(out.max()) == len(keep) and len(keep) > 0
+    for k, i in enumerate(keep, start=1):
+        assert np.array_equal(out == k, lab == i)
+    assert np.array_equal(filter_cells(lab), lab)
+    with pytest.raises(CellsynthError, match="border"):
+        filter_cells(lab, border="maybe")
+
+
+def test_simulate_run_contents(tmp_path):
+    out = tmp_path / "s"
+    summary = synth(out, seeds="3,1-2", channels=2, bit_depth=16, **KW)
+    assert summary["written"] == 3
+    ds = CanonicalDataset(out)
+    assert ds.names == ["seed000001", "seed000002", "seed000003"]
+    for seed, s in zip((1, 2, 3), ds):
+        ref = simulate_labels(seed, 48, density=0.6, mean_radius=6)
+        assert np.array_equal(s.labels, ref)
+        assert s.image.shape == (48, 48, 2) and s.image.dtype == np.uint16
+        spots = spots_from_csv((out / "spots" / f"{s.name}.csv").read_text())
+        r = np.floor(spots["y"] + 0.5).astype(int)
+        c = np.floor(spots["x"] + 0.5).astype(int)
+        assert np.all(s.labels[r, c] == spots["cell_id"])
+    man = json.loads((out / "manifest.json").read_text())
+    assert [r["seed"] for r in man["samples"]] == [3, 1, 2]  # order of --seeds
+    assert man["options"]["seeds"] == "3,1-2" and man["count"] == 3
+    assert man["cellsynth_version"]
+    assert not (out / ".partial").exists()
+
+
+def test_coco_rles_decode_to_labels(tmp_path):
+    from pycocotools.coco import COCO
+
+    out = tmp_path / "c"
+    synth(out, seeds="0-2", border="drop", min_size=10, **KW)
+    coco = COCO(str(out / "annotations.json"))
+    assert len(coco.getImgIds()) == 3
+    for img in coco.loadImgs(coco.getImgIds()):
+        labels = read_labels(out / img["file_name"].replace("images", "masks"))
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=img["id"]))
+        assert len(anns) == int(labels.max())
+        for a in anns:
+            assert np.array_equal(coco.annToMask(a).astype(bool), labels == a["instance_id"])
+            assert a["area"] == int((labels == a["instance_id"]).sum())
+        assert img["height"] == labels.shape[0]
+
+
+def test_resume_shards_workers_give_identical_files(tmp_path):
+    one = tmp_path / "one"
+    synth(one, seeds="0-5", **KW)
+    # shards + merge
+    sh = tmp_path / "sh"
+    synth(sh, seeds="0-5", shard="1/2", **KW)
+    with pytest.raises(CellsynthError, match="missing"):
+        merge_shards(sh)
+    synth(sh, seeds="0-5", shard="0/2", **KW)
+    merge_shards(sh)
+    _same_files(one, sh)
+    # resume after a partial run and a sample that lost its mask (killed before the rename)
+    re = tmp_path / "re"
+    synth(re, seeds="0-2", **KW)
+    os.remove(re / "masks" / "seed000001.tif")
+    with pytest.raises(CellsynthError, match="--resume"):
+        synth(re, seeds="0-5", **KW)
+    summary = synth(re, seeds="0-5", resume=True, **KW)
+    assert summary["skipped"] == 2 and summary["written"] == 4
+    _same_files(one, re)
+    # worker processes
+    wk = tmp_path / "wk"
+    synth(wk, seeds="0-5", workers=2, **KW)
+    _same_files(one, wk)
+
+
+def test_dir_masks_source(tmp_path):
+    simulate_dataset(tmp_path / "real", 3, size=40, mean_radius=5, seed=2)
+    out = tmp_path / "o"
+    synth(out, masks=str(tmp_path / "real" / "train"), seeds="0-3")
+    src = CanonicalDataset(tmp_path / "real", "train")
+    man = json.loads((out / "manifest.json").read_text())
+    for rec in man["samples"]:
+        k = rec["seed"] % 3
+        assert rec["mask_source"] == f"{src.names[k]}.tif"
+        assert np.array_equal(read_labels(out / "masks" / f"{rec['name']}.tif"), src[k].labels)
+        assert (out / "spots" / f"{rec['name']}.csv").read_text() == "x,y,cell_id,intensity\n"
+    img0 = read_image(out / "images" / "seed000000.tif")
+    img3 = read_image(out / "images" / "seed000003.tif")
+    assert not np.array_equal(img0, img3)  # same mask, another seed: another rendering
+
+
+def test_bad_input_leaves_nothing(tmp_path):
+    out = tmp_path / "x"
+    cases = [
+        (dict(masks="stylegan3:" + str(tmp_path / "nope.pt")), "no such stylegan3"),
+        (dict(images="pix2pixhd:" + str(tmp_path / "nope.pt")), "no such pix2pixhd"),
+        (dict(images="gan"), "--images"),
+        (dict(seeds="-3"), "out of range"),
+        (dict(seeds="0-x"), "malformed"),
+        (dict(masks=str(tmp_path / "missing")), "no such dataset"),
+        (dict(border="cut"), "border"),
+        (dict(spots_count=2, spots_channel=3), "channel"),
+        (dict(spots_count=1, spots_spread="matrix"), "2 x 2"),
+        (dict(class_idx=1), "--class"),
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(CellsynthError, match=match):
+            synth(out, **{**dict(size=32, mean_radius=5, seeds="0"), **kwargs})
+        assert not out.exists(), kwargs
+    # a wrong-kind checkpoint
+    import torch
+
+    from cellsynth.training.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "w.pt", {"a": torch.zeros(1)}, "something", {})
+    with pytest.raises(CellsynthError):
+        synth(out, masks=f"stylegan3:{tmp_path / 'w.pt'}", seeds="0")
+    assert not out.exists()
+    # existing folders: not ours, or other options
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(CellsynthError, match="not a `cellsynth synth` output"):
+        synth(other, seeds="0", overwrite=True, size=32, mean_radius=5)
+    assert (other / "keep.txt").read_text() == "mine"
+    run = tmp_path / "run"
+    synth(run, seeds="0", size=32, mean_radius=5)
+    with pytest.raises(CellsynthError, match="other options"):
+        synth(run, seeds="0-1", size=32, mean_radius=6, resume=True)
+    synth(run, seeds="1", size=32, mean_radius=6, overwrite=True)
+    assert _files(run / "masks") == ["seed000001.tif"]
+
+
+def test_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from cellsynth.cli import cli, main
+
+    out = tmp_path / "c"
+    args = [
+        "synth",
+        "--out",
+        str(out),
+        "--seeds",
+        "0-3",
+        "--size",
+        "32",
+        "--mean-radius",
+        "5",
+        "--spots-count",
+        "1",
+        "--no-progress",
+    ]
+    res = CliRunner().invoke(cli, args + ["--shard", "0/2"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, args + ["--shard", "1/2"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["synth", "merge", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "manifest.json").read_text())["count"] == 4
+    with pytest.raises(SystemExit) as exc:
+        main(["synth", "--out", str(tmp_path / "d"), "--seeds", "5-1"])
+    assert exc.value.code == 2 and not (tmp_path / "d").exists()
+
+
+# ---- GAN sources (tiny untrained networks written by the test) -------------------------------
+@pytest.fixture
+def one_thread():
+    """Tiny networks run faster on one thread (and do not fight other processes)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _tiny_gan(tmp_path, channels=3, encoding="fbd", c_dim=0):
+    pytest.importorskip("cellsynth.stylegan3.generate", reason="stylegan3 not built")
+    from cellsynth.stylegan3.networks import build_networks
+    from cellsynth.stylegan3.snapshot import save_snapshot
+
+    build = dict(
+        cfg="stylegan2",
+        img_resolution=32,
+        img_channels=channels,
+        c_dim=c_dim,
+        cbase=256,
+        cmax=32,
+        z_dim=16,
+        w_dim=16,
+        map_depth=2,
+        num_fp16_res=0,
+        seed=0,
+    )
+    G, _ = build_networks(**build)
+    path = tmp_path / f"g-{channels}-{encoding}-{c_dim}.pt"
+    cfg = {
+        "build": build,
+        "resolution": 32,
+        "channels": channels,
+        "encoding": encoding,
+        "num_classes": c_dim,
+    }
+    save_snapshot(path, {"G_ema": G.state_dict()}, cfg)
+    return path
+
+
+def _tiny_translator(tmp_path, output_nc=1, label_nc=2, name="p"):
+    pytest.importorskip("cellsynth.pix2pixhd.translator", reason="pix2pixhd not built")
+    import torch
+
+    from cellsynth.pix2pixhd.networks import build_generator
+    from cellsynth.pix2pixhd.options import Options
+    from cellsynth.training.checkpoint import save_checkpoint
+
+    opt = Options(
+        ngf=8,
+        n_blocks_global=1,
+        n_downsample_global=2,
+        label_nc=label_nc,
+        output_nc=output_nc,
+        resize_or_crop="none",
+    ).check()
+    torch.manual_seed(0)
+    gen = build_generator(opt)
+    path = tmp_path / f"{name}.pt"
+    save_checkpoint(
+        path, {"G": gen.state_dict()}, "pix2pixhd", {"opt": opt.to_dict(), "size": [32, 32]}
+    )
+    return path
+
+
+def test_gan_sources(tmp_path, one_thread):
+    from cellsynth.pix2pixhd.translator import Translator
+    from cellsynth.stylegan3.generate import MaskGenerator
+    from cellsynth.tools.codec import decode_mask
+
+    g = _tiny_gan(tmp_path)
+    p = _tiny_translator(tmp_path)
+    out = tmp_path / "gan"
+    kw = dict(masks=f"stylegan3:{g}", images=f"pix2pixhd:{p}", batch=2, device="cpu")
+    synth(out, seeds="0-2", **kw)
+    gen, tr = MaskGenerator.load(g), Translator.load(p)
+    # batches are fixed groups of the seed list: [0, 1], [2]
+    raw = gen.to_uint8(np.concatenate([gen.generate([0, 1]), gen.generate([2])]))
+    for k, seed in enumerate((0, 1, 2)):
+        lab = decode_mask(raw[k], "fbd")
+        assert np.array_equal(read_labels(out / "masks" / f"seed{seed:06d}.tif"), lab)
+        img = tr.translate((lab > 0).astype(np.uint8), lab, seed=seed)
+        assert np.array_equal(read_image(out / "images" / f"seed{seed:06d}.tif"), img)
+    man = json.loads((out / "manifest.json").read_text())
+    assert len(man["checkpoints"]["masks"]["sha256"]) == 64 and "images" in man["checkpoints"]
+    sh = tmp_path / "sh"
+    for i in (0, 1):
+        synth(sh, seeds="0-2", shard=f"{i}/2", **kw)
+    merge_shards(sh)
+    _same_files(out, sh)
+    os.remove(sh / "masks" / "seed000001.tif")
+    assert synth(sh, seeds="0-2", resume=True, **kw)["written"] == 1
+    _same_files(out, sh)
+    # spots rendered by a spots model, appended as a channel
+    sp = _tiny_translator(tmp_path, name="spots")
+    o2 = tmp_path / "sp"
+    synth(o2, seeds="0", spots_count=2, spots_model=f"pix2pixhd:{sp}", spots_mode="channel", **kw)
+    assert read_image(o2 / "images" / "seed000000.tif").shape == (32, 32, 2)
+
+
+def test_gan_bad_input(tmp_path, one_thread):
+    g1 = _tiny_gan(tmp_path, channels=1, encoding="fbd")  # channels do not fit the encoding
+    p3 = _tiny_translator(tmp_path, output_nc=3, name="rgb")
+    out = tmp_path / "x"
+    with pytest.raises(CellsynthError, match="channels"):
+        synth(out, masks=f"stylegan3:{g1}", seeds="0")
+    with pytest.raises(CellsynthError, match="1-channel"):
+        synth(out, spots_count=1, spots_model=f"pix2pixhd:{p3}", seeds="0", size=32)
+    gc = _tiny_gan(tmp_path, c_dim=2)
+    with pytest.raises(CellsynthError, match="--class"):
+        synth(out, masks=f"stylegan3:{gc}", seeds="0")
+    with pytest.raises(CellsynthError, match="stylegan3"):  # a pix2pixhd file as a generator
+        synth(out, masks=f"stylegan3:{p3}", seeds="0")
+    assert not out.exists()
