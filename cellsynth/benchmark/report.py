@@ -147,11 +147,11 @@ def _num(x, digits=3) -> str:
     return f"{x:.{digits}f}"
 
 
-def _e(x) -> str:
+def escape(x) -> str:
     return html.escape(str(x))
 
 
-def _table(header, rows, left=1, best_cols=(), row_class=None) -> str:
+def html_table(header, rows, left=1, best_cols=(), row_class=None) -> str:
     """HTML table; the best (max) value of each column index in ``best_cols`` is highlighted."""
     best = {}
     for c in best_cols:
@@ -160,7 +160,7 @@ def _table(header, rows, left=1, best_cols=(), row_class=None) -> str:
             best[c] = max(vals)
     out = ["<table><tr>"]
     out += [
-        f"<th class='l'>{_e(h)}</th>" if i < left else f"<th>{_e(h)}</th>"
+        f"<th class='l'>{escape(h)}</th>" if i < left else f"<th>{escape(h)}</th>"
         for i, h in enumerate(header)
     ]
     out.append("</tr>")
@@ -174,7 +174,7 @@ def _table(header, rows, left=1, best_cols=(), row_class=None) -> str:
             if i in best and isinstance(v, (int, float)) and v == best[i] and len(rows) > 1:
                 classes.append("best")
             c = f" class='{' '.join(classes)}'" if classes else ""
-            text = _num(v) if isinstance(v, float) or v is None else _e(v)
+            text = _num(v) if isinstance(v, float) or v is None else escape(v)
             out.append(f"<td{c}>{text}</td>")
         out.append("</tr>")
     out.append("</table>")
@@ -191,12 +191,12 @@ def _find(folder: Path, name: str) -> Path | None:
 # ----------------------------------------------------------------------------- sections
 
 
-def _dataset_section(out_dir: Path, results: dict, dkey: str) -> str:
+def dataset_section(out_dir: Path, results: dict, dkey: str) -> str:
     from cellsynth.datasets.io import read_image, read_labels
 
     info = results["datasets"][dkey]
-    parts = [f"<h2>Dataset {_e(dkey)}</h2>"]
-    parts.append(f"<p class='muted'>{_e(info['path'])}: {info['n_images']} images</p>")
+    parts = [f"<h2>Dataset {escape(dkey)}</h2>"]
+    parts.append(f"<p class='muted'>{escape(info['path'])}: {info['n_images']} images</p>")
     header = [
         "segmenter",
         "status",
@@ -243,11 +243,11 @@ def _dataset_section(out_dir: Path, results: dict, dkey: str) -> str:
         "<p class='muted'>Pooled over the dataset's objects (counts summed before dividing); "
         "AP = TP/(TP+FP+FN); precision, recall, F1, PQ at IoU 0.5; AJI as in Cellpose.</p>"
     )
-    parts.append(_table(header, rows, left=2, best_cols=range(2, 12), row_class=classes))
+    parts.append(html_table(header, rows, left=2, best_cols=range(2, 12), row_class=classes))
     for sname, sres in results["segmenters"].items():
         d = sres["datasets"].get(dkey, {})
         if d.get("error"):
-            parts.append(f"<p class='err'>{_e(sname)}: {_e(d['error'])}</p>")
+            parts.append(f"<p class='err'>{escape(sname)}: {escape(d['error'])}</p>")
     plot = ap_plot(results, dkey)
     if plot:
         parts.append(f"<img alt='AP against IoU threshold' src='{plot}'>")
@@ -286,7 +286,7 @@ def _dataset_section(out_dir: Path, results: dict, dkey: str) -> str:
         )
     if rows:
         parts.append("<h3>Counts</h3>")
-        parts.append(_table(header, rows))
+        parts.append(html_table(header, rows))
 
     # overlays of the sample predictions kept by the runner
     seg_names = [s for s in results["segmenters"] if (out_dir / "samples" / s / dkey).is_dir()]
@@ -313,13 +313,13 @@ def _dataset_section(out_dir: Path, results: dict, dkey: str) -> str:
         img_path, mask_path = _find(root / "images", name), _find(root / "masks", name)
         if img_path is None or mask_path is None:
             parts.append(
-                f"<p class='muted'>{_e(name)}: image or mask not found under {_e(root)}</p>"
+                f"<p class='muted'>{escape(name)}: image or mask not found under {escape(root)}</p>"
             )
             continue
         try:
             image, true = read_image(img_path), read_labels(mask_path)
         except CellsynthError as exc:
-            parts.append(f"<p class='err'>{_e(exc)}</p>")
+            parts.append(f"<p class='err'>{escape(exc)}</p>")
             continue
         panels = [
             ("image", png_base64(display_image(image))),
@@ -338,16 +338,16 @@ def _dataset_section(out_dir: Path, results: dict, dkey: str) -> str:
             m = metrics.match_instances(true, pred, 0.5)
             label = f"{sname}: TP {m.tp} FP {m.fp} FN {m.fn}"
             panels.append((label, png_base64(overlay(image, true, pred))))
-        parts.append(f"<h4>{_e(name)}</h4><div class='grid'>")
+        parts.append(f"<h4>{escape(name)}</h4><div class='grid'>")
         for label, uri in panels:
             parts.append(
-                f"<div class='panel'><img alt='{_e(label)}' src='{uri}'><br>{_e(label)}</div>"
+                f"<div class='panel'><img alt='{escape(label)}' src='{uri}'><br>{escape(label)}</div>"
             )
         parts.append("</div>")
     return "\n".join(parts)
 
 
-def _segmenter_section(results: dict) -> str:
+def segmenter_section(results: dict) -> str:
     header = [
         "segmenter",
         "status",
@@ -373,7 +373,7 @@ def _segmenter_section(results: dict) -> str:
             ]
         )
         classes.append("failed" if s["status"] != "ok" else "")
-    return "<h2>Segmenters</h2>" + _table(header, rows, left=2, row_class=classes).replace(
+    return "<h2>Segmenters</h2>" + html_table(header, rows, left=2, row_class=classes).replace(
         "<td>", "<td class='l'>"
     )
 
@@ -386,9 +386,9 @@ def _provenance_section(results: dict) -> str:
     items += [(f"test set {k}", v) for k, v in results["datasets"].items()]
     for title, info in items:
         parts.append(
-            f"<h3>{_e(title)}</h3><p class='muted'>{_e(info['path'])}, "
+            f"<h3>{escape(title)}</h3><p class='muted'>{escape(info['path'])}, "
             f"{info['n_images']} images"
-            + (f", fingerprint {_e(info['fingerprint'])}" if info.get("fingerprint") else "")
+            + (f", fingerprint {escape(info['fingerprint'])}" if info.get("fingerprint") else "")
             + "</p>"
         )
         prov = info.get("provenance") or {}
@@ -396,8 +396,8 @@ def _provenance_section(results: dict) -> str:
             parts.append("<p class='muted'>no manifest.json or dataset.json found</p>")
         for fname, doc in prov.items():
             parts.append(
-                f"<details><summary>{_e(fname)} ({_e(doc.get('path', ''))})</summary>"
-                f"<pre>{_e(json.dumps(doc.get('content', doc.get('error')), indent=1))}</pre>"
+                f"<details><summary>{escape(fname)} ({escape(doc.get('path', ''))})</summary>"
+                f"<pre>{escape(json.dumps(doc.get('content', doc.get('error')), indent=1))}</pre>"
                 "</details>"
             )
     return "\n".join(parts)
@@ -408,17 +408,17 @@ def render_report(out_dir, results: dict) -> str:
     out_dir = Path(out_dir)
     train = results.get("train")
     if train:
-        train_text = f"{_e(train['path'])} ({train['n_images']} images)"
+        train_text = f"{escape(train['path'])} ({train['n_images']} images)"
     else:
         train_text = "none (segmenters used as they are)"
     head = (
-        f"<p>cellsynth {_e(results.get('cellsynth_version', '?'))}, {_e(results.get('created'))}"
-        f". Training set: {train_text}. Test sets: {_e(', '.join(results['datasets']))}.</p>"
+        f"<p>cellsynth {escape(results.get('cellsynth_version', '?'))}, {escape(results.get('created'))}"
+        f". Training set: {train_text}. Test sets: {escape(', '.join(results['datasets']))}.</p>"
     )
     body = [f"<h1>cellsynth segmenter benchmark</h1>{head}"]
     for dkey in results["datasets"]:
-        body.append(_dataset_section(out_dir, results, dkey))
-    body.append(_segmenter_section(results))
+        body.append(dataset_section(out_dir, results, dkey))
+    body.append(segmenter_section(results))
     body.append(_provenance_section(results))
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
