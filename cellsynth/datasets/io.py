@@ -17,6 +17,9 @@ import numpy as np
 
 from cellsynth.atomic import atomic_path
 from cellsynth.errors import CellsynthError
+from cellsynth.tools.labels import check_labels, relabel_sequential
+
+__all__ = ["check_labels", "relabel_sequential"]  # re-exported: readers use them from here
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
@@ -95,37 +98,6 @@ def write_image(path: str | os.PathLike, image: np.ndarray, overwrite: bool = Tr
     return path
 
 
-def check_labels(labels: np.ndarray, where: str = "mask") -> np.ndarray:
-    """Validate an instance-label array and return it as uint16 (or uint32 when N > 65535).
-
-    Rejects non-2-D arrays, float arrays with fractional values, and negative values.
-    """
-    labels = np.asarray(labels)
-    if labels.ndim == 3 and labels.shape[-1] == 1:
-        labels = labels[..., 0]
-    if labels.ndim != 2:
-        raise CellsynthError(f"{where}: instance labels must be 2-D, got shape {labels.shape}")
-    if labels.dtype == bool:
-        raise CellsynthError(
-            f"{where}: boolean mask given where instance labels are needed; label it first "
-            "(e.g. `cellsynth tools threshold --instances`)"
-        )
-    if not np.issubdtype(labels.dtype, np.integer):
-        if not np.issubdtype(labels.dtype, np.floating) or not np.all(
-            np.isfinite(labels) & (labels == np.round(labels))
-        ):
-            raise CellsynthError(
-                f"{where}: instance labels must be integers, got {labels.dtype} with "
-                "fractional values (is this an image rather than a mask?)"
-            )
-    if labels.size and labels.min() < 0:
-        raise CellsynthError(f"{where}: instance labels must be >= 0, found {labels.min()}")
-    top = int(labels.max()) if labels.size else 0
-    if top > np.iinfo(np.uint32).max:
-        raise CellsynthError(f"{where}: label {top} does not fit uint32")
-    return labels.astype(np.uint16 if top <= 65535 else np.uint32, copy=False)
-
-
 def read_labels(path: str | os.PathLike) -> np.ndarray:
     """Read an instance-label image (TIFF or PNG) and validate it with :func:`check_labels`."""
     arr = read_image(path)
@@ -136,19 +108,6 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, overwrite: bool = 
     """Write instance labels as uint16 (or uint32) TIFF, atomically."""
     labels = check_labels(labels, where=str(path))
     return write_image(path, labels, overwrite=overwrite)
-
-
-def relabel_sequential(labels: np.ndarray) -> np.ndarray:
-    """Renumber the objects of ``labels`` to 1..N in order of their first label value."""
-    labels = np.asarray(labels)
-    ids = np.unique(labels)
-    ids = ids[ids != 0]
-    if ids.size == 0 or (ids[0] == 1 and ids[-1] == ids.size):
-        return labels.copy()
-    lut = np.zeros(int(ids[-1]) + 1, dtype=np.uint32)
-    lut[ids] = np.arange(1, ids.size + 1, dtype=np.uint32)
-    out = lut[labels]
-    return out.astype(np.uint16 if ids.size <= 65535 else np.uint32)
 
 
 def image_to_float(image: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from cellsynth.errors import CellsynthError
+from cellsynth.tools.labels import check_labels, relabel_sequential
 
 ENCODINGS = {"binary": 1, "fbd": 3}
 TRANSFORMS = ("center-crop", "tiles", "resize")
@@ -42,39 +43,6 @@ def check_encoding(encoding: str) -> int:
     return ENCODINGS[encoding]
 
 
-def _as_labels(labels: np.ndarray, where: str = "encode_mask") -> np.ndarray:
-    """Checked 2-D non-negative integer labels (int64 view not needed: keep the dtype)."""
-    labels = np.asarray(labels)
-    if labels.ndim == 3 and labels.shape[-1] == 1:
-        labels = labels[..., 0]
-    if labels.ndim != 2:
-        raise CellsynthError(f"{where}: instance labels must be 2-D, got shape {labels.shape}")
-    if labels.dtype == bool:
-        raise CellsynthError(
-            f"{where}: got a boolean mask where instance labels are needed; label it first "
-            "(cellsynth.tools.threshold.label_components)"
-        )
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise CellsynthError(
-            f"{where}: instance labels must be an integer array, got {labels.dtype} "
-            "(is this an image or a GAN output? decode it with decode_mask)"
-        )
-    if labels.size == 0:
-        raise CellsynthError(f"{where}: empty label array")
-    if labels.min() < 0:
-        raise CellsynthError(f"{where}: instance labels must be >= 0, found {labels.min()}")
-    return labels
-
-
-def _sequential(labels: np.ndarray) -> np.ndarray:
-    """Renumber labels to 1..N (raster order of ids) as uint16 (uint32 when N > 65535)."""
-    ids = np.unique(labels)
-    ids = ids[ids != 0]
-    lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.uint32)
-    lut[ids] = np.arange(1, ids.size + 1, dtype=np.uint32)
-    return lut[labels].astype(np.uint16 if ids.size <= 65535 else np.uint32)
-
-
 def instance_distance(labels: np.ndarray) -> np.ndarray:
     """Per-instance normalised distance transform.
 
@@ -82,7 +50,7 @@ def instance_distance(labels: np.ndarray) -> np.ndarray:
     Returns float32 H x W: for each cell pixel the Euclidean distance to the nearest pixel outside
     that cell (image borders count as inside), divided by the cell's maximum; 0 on background.
     """
-    labels = _as_labels(labels, "instance_distance")
+    labels = check_labels(labels, "instance_distance")
     out = np.zeros(labels.shape, dtype=np.float32)
     for idx, box in enumerate(ndi.find_objects(labels), start=1):
         if box is None:
@@ -112,7 +80,7 @@ def boundary_map(labels: np.ndarray, width: int = 2, core: np.ndarray | None = N
     core optional bool mask of pixels that are never boundary.
     Returns a bool H x W array (a band of about 2 * width pixels along every contact).
     """
-    labels = _as_labels(labels, "boundary_map")
+    labels = check_labels(labels, "boundary_map")
     if int(width) < 1:
         raise CellsynthError(f"boundary_map: width must be >= 1, got {width}")
     size = 2 * int(width) + 1
@@ -136,7 +104,7 @@ def fbd_channels(labels: np.ndarray, width: int = 2) -> tuple:
     the other pieces are marked boundary; a cell left with no seed pixel (tiny, fully in contact) keeps its most central pixel
     that is not next to another cell's seed, so seeds of different cells never touch.
     """
-    labels = _as_labels(labels, "fbd_channels")
+    labels = check_labels(labels, "fbd_channels")
     fg = labels > 0
     dist = instance_distance(labels)
     edge = boundary_map(labels, 1)
@@ -187,7 +155,7 @@ def encode_mask(labels: np.ndarray, encoding: str = "fbd", boundary_width: int =
     Returns uint8 H x W (binary: 0/255) or H x W x 3 (fbd: foreground, boundary, distance).
     """
     check_encoding(encoding)
-    labels = _as_labels(labels, "encode_mask")
+    labels = check_labels(labels, "encode_mask")
     if encoding == "binary":
         return np.where(labels > 0, 255, 0).astype(np.uint8)
     fg, edge, dist = fbd_channels(labels, boundary_width)
@@ -278,7 +246,7 @@ def decode_mask(
     fg = x[..., 0] > fg_thresh
     if encoding == "binary":
         labels, _ = ndi.label(fg, structure=structure)
-        return _sequential(_drop_small(labels, min_size))
+        return relabel_sequential(_drop_small(labels, min_size))
 
     from skimage.segmentation import watershed
 
@@ -290,7 +258,7 @@ def decode_mask(
     rest, m = ndi.label(fg & (labels == 0), structure=structure)
     if m:  # foreground pieces without a seed become objects of their own
         labels = np.where(rest > 0, rest + n, labels)
-    return _sequential(_drop_small(labels, min_size))
+    return relabel_sequential(_drop_small(labels, min_size))
 
 
 def _size2(size) -> tuple[int, int]:
@@ -327,7 +295,7 @@ def keep_largest_pieces(labels: np.ndarray) -> np.ndarray:
     Cropping and nearest-neighbour down-scaling can cut a cell into pieces; a decoder can only
     give each piece its own object, so packing keeps the main piece. Returns a copy.
     """
-    labels = _as_labels(labels, "keep_largest_pieces")
+    labels = check_labels(labels, "keep_largest_pieces")
     out = labels.copy()
     eight = np.ones((3, 3), dtype=bool)
     for idx, box in enumerate(ndi.find_objects(labels), start=1):
@@ -389,12 +357,12 @@ def transform_labels(
     clean keep only the largest piece of each cell (:func:`keep_largest_pieces`).
     Returns a list of (window, labels) with labels renumbered 1..N (uint16/uint32) of ``size``.
     """
-    labels = _as_labels(labels, "transform_labels")
+    labels = check_labels(labels, "transform_labels")
     out = []
     for win in crop_windows(labels.shape, size, transform, tile, stride):
         y, x, h, w = win
         small = resize_labels(labels[y : y + h, x : x + w], size)
-        small = _sequential(keep_largest_pieces(small) if clean else small)
+        small = relabel_sequential(keep_largest_pieces(small) if clean else small)
         if transform == "tiles" and not keep_empty and not small.any():
             continue
         out.append((win, small))

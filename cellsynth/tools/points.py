@@ -22,23 +22,13 @@ import numpy as np
 from scipy.special import erf
 
 from cellsynth.errors import CellsynthError, require
+from cellsynth.tools.labels import check_labels
 
 SPOT_DTYPE = np.dtype([("x", "f8"), ("y", "f8"), ("cell_id", "u4"), ("intensity", "f8")])
 SPREADS = ("isotropic", "shape", "matrix")
 COUNT_MODES = ("poisson", "fixed")
 INTENSITIES = ("lognormal", "gamma", "uniform", "constant")
 CSV_HEADER = "x,y,cell_id,intensity"
-
-
-def _check_labels(labels) -> np.ndarray:
-    labels = np.asarray(labels)
-    require(labels.ndim == 2, f"labels must be a 2-D array, got shape {labels.shape}")
-    require(
-        np.issubdtype(labels.dtype, np.integer),
-        f"labels must be integer instance labels, got {labels.dtype}",
-    )
-    require(labels.size == 0 or labels.min() >= 0, "labels must be >= 0")
-    return labels
 
 
 def cell_moments(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -48,7 +38,7 @@ def cell_moments(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
         ids (K,) present label values > 0, areas (K,), centroids (K, 2) as (y, x), and
         covariances (K, 2, 2) of the pixel coordinates in (y, x) order.
     """
-    labels = _check_labels(labels)
+    labels = check_labels(labels, "points")
     flat = labels.ravel().astype(np.int64)
     top = int(flat.max()) if flat.size else 0
     n = top + 1
@@ -118,7 +108,7 @@ def simulate_spots(
     Returns:
         structured array (:data:`SPOT_DTYPE`) sorted by cell id: x, y, cell_id, intensity.
     """
-    labels = _check_labels(labels)
+    labels = check_labels(labels, "points")
     if count_mode not in COUNT_MODES:
         raise CellsynthError(f"unknown count mode {count_mode!r}; use {', '.join(COUNT_MODES)}")
     if spread not in SPREADS:
