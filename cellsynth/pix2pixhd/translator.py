@@ -1,0 +1,202 @@
+"""The trained mask-to-image translator as the synthesis pipeline uses it.
+
+    tr = Translator.load("checkpoints/NAME")          # or a .pt checkpoint
+    image = tr.translate(semantic_labels, instance_ids, seed=3)   # H x W (x C) uint8
+
+Deterministic: the same inputs (and seed, when the model draws per-cell features from its
+k-means clusters) give the same image.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cellsynth.datasets.io import network_to_image
+from cellsynth.errors import CellsynthError
+from cellsynth.pix2pixhd import data as p2p_data
+from cellsynth.pix2pixhd.clusters import load_clusters, region_classes
+from cellsynth.pix2pixhd.networks import build_generator
+from cellsynth.pix2pixhd.options import Options
+from cellsynth.training.checkpoint import load_checkpoint
+
+KIND = "pix2pixhd"
+
+
+def resolve_checkpoint(path: str | os.PathLike, which_epoch: str | int = "latest") -> Path:
+    """A .pt file as given, or ``latest.pt`` / ``epoch_N.pt`` inside a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        which = str(which_epoch)
+        ckpt = path / ("latest.pt" if which == "latest" else f"epoch_{int(which)}.pt")
+        if not ckpt.is_file():
+            raise CellsynthError(
+                f"{ckpt}: no such checkpoint in run folder {path}; check --which_epoch "
+                "(latest or an epoch with a saved epoch_N.pt)"
+            )
+        return ckpt
+    if not path.is_file():
+        raise CellsynthError(
+            f"{path}: no such pix2pixhd checkpoint or run folder; train one with "
+            "`cellsynth pix2pixhd train` or give the right path"
+        )
+    return path
+
+
+class Translator:
+    """A Pix2PixHD generator ready to turn (semantic labels, instance ids) into images."""
+
+    def __init__(
+        self,
+        opt: Options,
+        generator: torch.nn.Module,
+        size: tuple[int, int],
+        clusters: dict[int, np.ndarray] | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        self.opt = opt
+        self.device = torch.device(device)
+        self.G = generator.to(self.device).eval().requires_grad_(False)
+        self.size = tuple(int(s) for s in size)
+        self.clusters = clusters
+        if opt.use_features and clusters is None:
+            raise CellsynthError(
+                "this model was trained with --instance_feat/--label_feat and needs feature "
+                f"clusters; run `cellsynth pix2pixhd clusters --name {opt.name}` first"
+            )
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        which_epoch: str | int = "latest",
+        clusters: str | os.PathLike | None = None,
+    ) -> Translator:
+        """Load from a .pt checkpoint or a run folder (``latest.pt`` or ``epoch_N.pt``).
+
+        Feature clusters (models with an encoder) come from ``clusters`` or ``clusters.npz``
+        beside the checkpoint.
+        """
+        ckpt_path = resolve_checkpoint(path, which_epoch)
+        ckpt = load_checkpoint(ckpt_path, kind=KIND)
+        config = ckpt["config"]
+        try:
+            opt = Options.from_dict(config["opt"])
+            generator = build_generator(opt)
+            generator.load_state_dict(ckpt["G"])
+        except (KeyError, RuntimeError, TypeError) as exc:
+            raise CellsynthError(
+                f"{ckpt_path}: not a usable pix2pixhd generator ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from None
+        table = None
+        if opt.use_features:
+            cpath = Path(clusters) if clusters else ckpt_path.parent / "clusters.npz"
+            if cpath.is_file() or clusters:
+                table = load_clusters(cpath, opt.feat_num)
+        size = config.get("size") or [opt.fineSize, opt.fineSize]
+        return cls(opt, generator, size, table, device)
+
+    @property
+    def label_nc(self) -> int:
+        """Semantic classes the model takes (0: label values fed directly)."""
+        return int(self.opt.label_nc)
+
+    @property
+    def output_nc(self) -> int:
+        """Channels of the images it makes."""
+        return int(self.opt.output_nc)
+
+    def _check(self, labels, instances, i: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.asarray(labels)
+        if labels.ndim != 2 or not (
+            np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool
+        ):
+            raise CellsynthError(
+                f"labels[{i}]: need a 2-D integer semantic label map, got {labels.dtype} "
+                f"{labels.shape}"
+            )
+        if instances is None:
+            if not self.opt.no_instance or self.opt.instance_feat:
+                raise CellsynthError(
+                    f"instances[{i}]: this model needs an instance map (it was trained with "
+                    "instance edges or instance features)"
+                )
+            instances = np.zeros(labels.shape, np.int64)
+        instances = np.asarray(instances)
+        if instances.shape != labels.shape or not np.issubdtype(instances.dtype, np.integer):
+            raise CellsynthError(
+                f"instances[{i}]: need a 2-D integer map the size of the labels {labels.shape}, "
+                f"got {instances.dtype} {instances.shape}"
+            )
+        if labels.size and (labels.min() < 0 or (self.label_nc and labels.max() >= self.label_nc)):
+            raise CellsynthError(
+                f"labels[{i}]: ids must be in 0..{self.label_nc - 1} for this model (found "
+                f"{int(labels.min())}..{int(labels.max())})"
+            )
+        if instances.size and instances.min() < 0:
+            raise CellsynthError(f"instances[{i}]: instance ids must be >= 0")
+        return labels.astype(np.int64), instances.astype(np.int64)
+
+    def _features(self, labels: np.ndarray, instances: np.ndarray, seed: int) -> np.ndarray:
+        """feat_num x H x W map: each region gets a cluster centre of its class, drawn with
+        ``seed`` (regions in increasing id order)."""
+        regions = instances if self.opt.instance_feat else labels
+        rng = np.random.default_rng(int(seed))
+        feat = np.zeros((self.opt.feat_num, *labels.shape), np.float32)
+        ids, inverse, classes = region_classes(regions, labels)
+        for k, (_rid, cls_id) in enumerate(zip(ids, classes)):
+            centres = self.clusters.get(int(cls_id))
+            if centres is None or len(centres) == 0:
+                continue
+            centre = centres[int(rng.integers(len(centres)))]
+            feat[:, inverse == k] = centre[:, None]
+        return feat
+
+    @torch.no_grad()
+    def translate_batch(self, labels_list, instances_list=None, seeds=None) -> list[np.ndarray]:
+        """Translate several (labels, instances) pairs; returns H x W (x C) uint8 images."""
+        labels_list = list(labels_list)
+        if instances_list is None:
+            instances_list = [None] * len(labels_list)
+        instances_list = list(instances_list)
+        if len(instances_list) != len(labels_list):
+            raise CellsynthError(
+                f"{len(labels_list)} label maps but {len(instances_list)} instance maps"
+            )
+        if seeds is None:
+            seeds = range(len(labels_list))
+        seeds = list(seeds)
+        if len(seeds) != len(labels_list):
+            raise CellsynthError(f"{len(labels_list)} label maps but {len(seeds)} seeds")
+        return [
+            self._translate_one(*self._check(lab, ins, i), seed)
+            for i, (lab, ins, seed) in enumerate(zip(labels_list, instances_list, seeds))
+        ]
+
+    def translate(self, labels, instances=None, seed: int | None = None) -> np.ndarray:
+        """One semantic label map (H x W) + instance ids (H x W) -> H x W (x C) uint8 image."""
+        return self.translate_batch([labels], [instances], [0 if seed is None else seed])[0]
+
+    def _translate_one(self, labels: np.ndarray, instances: np.ndarray, seed: int) -> np.ndarray:
+        h, w = labels.shape
+        base = self.opt.size_multiple
+        ph, pw = (-h) % base, (-w) % base
+        feat = self._features(labels, instances, seed) if self.opt.use_features else None
+        if ph or pw:
+            pad = ((0, ph), (0, pw))
+            labels = np.pad(labels, pad, mode="symmetric")
+            instances = np.pad(instances, pad, mode="symmetric")
+            if feat is not None:
+                feat = np.pad(feat, ((0, 0), *pad), mode="symmetric")
+        lab = torch.from_numpy(labels)[None].to(self.device)
+        ins = torch.from_numpy(instances)[None].to(self.device)
+        x = p2p_data.encode_input(lab, ins, self.opt)
+        if feat is not None:
+            x = torch.cat([x, torch.from_numpy(feat)[None].to(self.device)], dim=1)
+        out = self.G(x)[0, :, :h, :w].float().cpu().numpy()
+        return network_to_image(out, np.uint8)
