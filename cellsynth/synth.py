@@ -125,6 +125,22 @@ def _source(spec: str, what: str) -> tuple[str, str | None]:
 
 
 # ------------------------------------------------------------------------- per-sample stages
+def upscale_soft(raw: np.ndarray, factor: int) -> np.ndarray:
+    """Resize a generated (soft) H x W (x C) uint8 mask by an integer factor, bilinearly."""
+    from skimage.transform import resize
+
+    h, w = raw.shape[:2]
+    big = resize(
+        raw.astype(np.float32),
+        (h * factor, w * factor, *raw.shape[2:]),
+        order=1,
+        mode="edge",
+        anti_aliasing=False,
+        preserve_range=True,
+    )
+    return np.rint(big).clip(0, 255).astype(np.uint8)
+
+
 def filter_cells(labels: np.ndarray, min_size: int = 0, border: str = "keep") -> np.ndarray:
     """Drop cells smaller than ``min_size`` pixels and (``border="drop"``) cells touching the
     image border; renumber 1..N. Returns uint16 (uint32 when N > 65535) labels."""
@@ -199,6 +215,8 @@ def _labels_task(plan: dict, seed: int, raw) -> tuple:
     else:
         from cellsynth.tools.codec import decode_mask
 
+        if plan["upscale"] > 1:
+            raw = upscale_soft(raw, plan["upscale"])
         dec = {k: v for k, v in plan["decode"].items() if v is not None}  # None: codec default
         method = dec.pop("threshold_method")
         if method != "fixed":
@@ -478,6 +496,7 @@ def synth(
     smooth: float = 0.0,
     min_size: int = 0,
     border: str = "keep",
+    upscale: int = 1,
     channels: int = 1,
     bit_depth: int = 8,
     spots_count: float = 0.0,
@@ -518,6 +537,9 @@ def synth(
             generated masks (None: the codec's defaults; ``threshold_method`` other than
             "fixed" sets fg_thresh per mask).
         min_size, border: cell filters ("keep" or "drop" cells touching the border).
+        upscale: StyleGAN masks only: the generator's soft output is resized by this integer
+            factor (bilinear) before decoding, so a low-resolution mask generator can feed a
+            translator trained at a larger size (cell outlines stay smooth).
         channels, bit_depth: the simulator's images.
         spots_*: puncta (count 0 = none): see :func:`cellsynth.tools.points.simulate_spots`,
             ``spots_psf`` the PSF sigma, ``spots_mode``/``spots_channel`` where they go,
@@ -553,6 +575,9 @@ def synth(
         f"unknown threshold method {threshold_method!r}; use {', '.join(THRESHOLD_METHODS)}",
     )
     require(min_size >= 0, f"--min-size must be >= 0, got {min_size}")
+    require(
+        int(upscale) == upscale and 1 <= upscale <= 16, f"--upscale must be 1..16, got {upscale}"
+    )
     require(spots_spread in SPREADS, f"unknown spots spread {spots_spread!r}")
     require(spots_intensity in INTENSITIES, f"unknown spots intensity {spots_intensity!r}")
     require(spots_mode in MODES, f"unknown spots mode {spots_mode!r}; use {', '.join(MODES)}")
@@ -579,6 +604,7 @@ def synth(
         "smooth": float(smooth),
         "min_size": int(min_size),
         "border": border,
+        "upscale": int(upscale),
         "spots": {
             "count": float(spots_count),
             "fixed": bool(spots_fixed),
@@ -625,6 +651,7 @@ def synth(
         },
         "min_size": int(min_size),
         "border": border,
+        "upscale": int(upscale),
         "render": {"channels": int(channels), "bit_depth": int(bit_depth)},
         "spots": {
             "count": float(spots_count),

@@ -317,6 +317,31 @@ def test_gan_sources(tmp_path, one_thread):
     o2 = tmp_path / "sp"
     synth(o2, seeds="0", spots_count=2, spots_model=f"pix2pixhd:{sp}", spots_mode="channel", **kw)
     assert read_image(o2 / "images" / "seed000000.tif").shape == (32, 32, 2)
+    # --upscale: the soft generator output is resized bilinearly before decoding
+    from cellsynth.synth import upscale_soft
+
+    o3 = tmp_path / "up"
+    synth(o3, seeds="0", upscale=2, **kw)
+    big = upscale_soft(raw[0], 2)
+    assert big.shape == (64, 64, 3)
+    import torch
+
+    ref = (
+        torch.nn.functional.interpolate(
+            torch.from_numpy(raw[0]).permute(2, 0, 1)[None].float(),
+            scale_factor=2,
+            mode="bilinear",
+            align_corners=False,
+        )[0]
+        .permute(1, 2, 0)
+        .numpy()
+    )
+    assert np.abs(big.astype(float) - ref).max() <= 1.0  # same bilinear resampling, rounded
+    lab = decode_mask(big, "fbd")
+    assert np.array_equal(read_labels(o3 / "masks" / "seed000000.tif"), lab)
+    assert read_image(o3 / "images" / "seed000000.tif").shape == (64, 64)
+    with pytest.raises(CellsynthError, match="upscale"):
+        synth(tmp_path / "bad-up", seeds="0", upscale=0, **kw)
 
 
 def test_gan_bad_input(tmp_path, one_thread):

@@ -71,6 +71,13 @@ def _matrix(text):
 @click.option("--smooth", type=float, default=0.0, show_default=True, help="Gaussian sigma.")
 @click.option("--min-size", type=int, default=0, show_default=True, help="Drop smaller cells.")
 @click.option(
+    "--upscale",
+    type=int,
+    default=1,
+    show_default=True,
+    help="stylegan3 masks: resize the generated masks by this factor before decoding.",
+)
+@click.option(
     "--border",
     type=click.Choice(["keep", "drop"]),
     default="keep",
@@ -144,6 +151,7 @@ def synth(
     marker_thresh,
     smooth,
     min_size,
+    upscale,
     border,
     channels,
     bit_depth,
@@ -201,6 +209,7 @@ def synth(
         marker_thresh=marker_thresh,
         smooth=smooth,
         min_size=min_size,
+        upscale=upscale,
         border=border,
         channels=channels,
         bit_depth=int(bit_depth),
