@@ -1,0 +1,172 @@
+"""``cellsynth stylegan3``: train a mask generator, generate masks, measure them."""
+
+import click
+
+
+@click.group()
+def stylegan3():
+    """Train StyleGAN2/3 on masks, generate masks from snapshots, compute metrics."""
+
+
+@stylegan3.command()
+@click.option("--outdir", required=True, type=click.Path(file_okay=False), help="Runs folder.")
+@click.option(
+    "--cfg",
+    default="stylegan3-t",
+    show_default=True,
+    type=click.Choice(["stylegan3-t", "stylegan3-r", "stylegan2"]),
+)
+@click.option("--data", required=True, type=click.Path(), help="Masks zip (dataset pack).")
+@click.option("--gpus", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-gpu", default=None, type=click.IntRange(min=1), help="Per process.")
+@click.option("--gamma", required=True, type=click.FloatRange(min=0), help="R1 weight.")
+@click.option("--mirror", is_flag=True, help="Add x-flipped copies of the data.")
+@click.option(
+    "--aug", default="ada", show_default=True, type=click.Choice(["noaug", "ada", "fixed"])
+)
+@click.option(
+    "--p", default=0.2, show_default=True, type=click.FloatRange(0, 1), help="For --aug fixed."
+)
+@click.option(
+    "--target", default=0.6, show_default=True, type=click.FloatRange(0, 1), help="ADA r_t."
+)
+@click.option(
+    "--kimg", default=25000, show_default=True, type=click.FloatRange(min=0, min_open=True)
+)
+@click.option("--tick", default=4, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--snap", default=50, show_default=True, type=click.IntRange(min=0), help="Ticks.")
+@click.option("--resume", default=None, help="Snapshot path, or 'latest' (newest in --outdir).")
+@click.option("--cbase", default=32768, show_default=True, type=click.IntRange(min=1))
+@click.option("--cmax", default=512, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--map-depth", default=None, type=click.IntRange(min=1), help="[default: 2 sg3, 8 sg2]"
+)
+@click.option("--z-dim", default=512, show_default=True, type=click.IntRange(min=1))
+@click.option("--w-dim", default=512, show_default=True, type=click.IntRange(min=1))
+@click.option("--glr", default=None, type=float, help="[default: 0.0025 sg3, 0.002 sg2]")
+@click.option("--dlr", default=0.002, show_default=True, type=float)
+@click.option("--cond", is_flag=True, help="Condition on the zip's class labels.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--workers", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--fp32", is_flag=True, help="Disable mixed precision (CUDA only anyway).")
+@click.option(
+    "--metrics", default="none", show_default=True, help="Comma list: realism,fid50k_full,..."
+)
+@click.option("--inception", default=None, type=click.Path(), help="Inception-v3 weights for FID.")
+@click.option("--dry-run", is_flag=True, help="Print the options and exit.")
+@click.option(
+    "--ops-impl",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "ref", "cpu", "cuda"]),
+)
+@click.option(
+    "--max-minutes", default=None, type=click.FloatRange(min=0, min_open=True), help="Time budget."
+)
+@click.option("--desc", default=None, help="Extra text for the run-folder name.")
+@click.option("--progress/--no-progress", default=False, help="Progress bar on stderr.")
+def train(**kw):
+    """Train StyleGAN3 (or StyleGAN2) on a masks zip."""
+    from cellsynth.stylegan3.train import train as run_train
+
+    run_dir = run_train(**kw)
+    if run_dir is not None:
+        click.echo(f"run folder: {run_dir}")
+
+
+@stylegan3.command()
+@click.option("--network", required=True, type=click.Path(), help="network-snapshot-*.pt")
+@click.option("--seeds", required=True, help="e.g. 0-99,120")
+@click.option("--trunc", default=1.0, show_default=True, type=float, help="Truncation psi.")
+@click.option("--class", "class_idx", default=None, type=int, help="Class (conditional nets).")
+@click.option(
+    "--noise-mode",
+    default="const",
+    show_default=True,
+    type=click.Choice(["const", "random", "none"]),
+)
+@click.option(
+    "--translate",
+    default="0,0",
+    show_default=True,
+    help="x,y in fractions of the image (stylegan3 only).",
+)
+@click.option(
+    "--rotate", default=0.0, show_default=True, type=float, help="Degrees (stylegan3 only)."
+)
+@click.option("--outdir", required=True, type=click.Path(file_okay=False))
+@click.option("--decode", is_flag=True, help="Also write seedNNNN_masks.tif instance labels.")
+@click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--progress/--no-progress", default=False)
+def generate(
+    network,
+    seeds,
+    trunc,
+    class_idx,
+    noise_mode,
+    translate,
+    rotate,
+    outdir,
+    decode,
+    batch,
+    device,
+    progress,
+):
+    """Generate masks seedNNNN.png (the gen_images habit)."""
+    from cellsynth.errors import CellsynthError
+    from cellsynth.stylegan3.generate import generate_images, parse_seeds
+
+    try:
+        tx, ty = (float(v) for v in translate.split(","))
+    except ValueError:
+        raise CellsynthError(f"--translate must be x,y (two numbers), not {translate!r}") from None
+    seeds = parse_seeds(seeds)
+    written = generate_images(
+        network,
+        seeds,
+        outdir,
+        trunc=trunc,
+        class_idx=class_idx,
+        noise_mode=noise_mode,
+        translate=(tx, ty),
+        rotate=rotate,
+        decode=decode,
+        batch=batch,
+        device=device,
+        progress=progress,
+    )
+    click.echo(f"wrote {len(written)} files to {outdir}")
+
+
+@stylegan3.command()
+@click.option("--network", required=True, type=click.Path(), help="network-snapshot-*.pt")
+@click.option("--data", required=True, type=click.Path(), help="Masks zip of the real masks.")
+@click.option("--metrics", default="realism", show_default=True, help="Comma list.")
+@click.option("--num-gen", default=None, type=click.IntRange(min=2), help="Generated images.")
+@click.option("--inception", default=None, type=click.Path(), help="Inception-v3 weights for FID.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True)
+def metrics(network, data, metrics, num_gen, inception, seed, device):
+    """Compute metrics of a snapshot against a masks zip (prints JSON)."""
+    import json
+
+    from cellsynth.stylegan3 import metrics as m
+    from cellsynth.stylegan3.generate import MaskGenerator
+    from cellsynth.stylegan3.train import parse_metrics
+
+    gen = MaskGenerator.load(network, device=device)
+    out = {}
+    for name in parse_metrics(metrics):
+        out[name] = m.compute_metric(
+            name,
+            gen.G,
+            data,
+            device=device,
+            encoding=gen.encoding,
+            inception=inception,
+            seed=seed,
+            num_gen=num_gen,
+        )
+    click.echo(json.dumps(out, indent=2))

@@ -1,0 +1,108 @@
+"""StyleGAN3 snapshots: save, load, rebuild networks, find the newest complete one.
+
+A snapshot ``network-snapshot-KKKKKK.pt`` is a safe checkpoint (tensors + JSON config, see
+:mod:`cellsynth.training.checkpoint`) of kind ``"stylegan3"`` holding:
+
+- ``G``, ``D``, ``G_ema``: state dicts; ``G_opt``, ``D_opt``: optimiser states;
+- ``augment_p``, ``ada_stats`` (sum of signs, count), ``pl_mean``;
+- ``rng``: the RNG states of the process; ``sampler``: the data order state;
+- ``counters``: cur_nimg, cur_tick, batch_idx, tick_start_nimg;
+
+and in ``config``: ``build`` (the :func:`build_networks` arguments), ``G_kwargs``/``D_kwargs``
+(the networks' ``init_kwargs``), ``resolution``, ``channels``, ``encoding``, ``num_classes``,
+``classes`` and ``training_options``. Writes are atomic, so a killed run leaves either the
+previous snapshot or the new complete one, never a half-written file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from cellsynth.errors import CellsynthError
+
+KIND = "stylegan3"
+_SNAP = re.compile(r"^network-snapshot-(\d{6,})\.pt$")
+
+
+def snapshot_name(cur_nimg: int) -> str:
+    """File name of the snapshot taken at ``cur_nimg`` images."""
+    return f"network-snapshot-{cur_nimg // 1000:06d}.pt"
+
+
+def save_snapshot(path: str | os.PathLike, state: dict, config: dict) -> Path:
+    """Write a snapshot atomically (see the module docstring for what ``state`` holds)."""
+    from cellsynth.training.checkpoint import save_checkpoint
+
+    return save_checkpoint(path, state, kind=KIND, config=config)
+
+
+def load_snapshot(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load a snapshot (weights_only); raises CellsynthError for missing/corrupt/wrong kind."""
+    from cellsynth.training.checkpoint import load_checkpoint
+
+    data = load_checkpoint(path, kind=KIND, map_location=map_location)
+    cfg = data["config"]
+    for key in ("build", "resolution", "channels"):
+        if key not in cfg:
+            raise CellsynthError(f"{path}: snapshot config lacks {key!r}; not a cellsynth snapshot")
+    if "G_ema" not in data and "G" not in data:
+        raise CellsynthError(f"{path}: snapshot holds no generator weights")
+    return data
+
+
+def build_from_config(cfg: dict, ops_impl: str | None = None):
+    """Rebuild (G, D) from a snapshot config's ``build`` arguments (weights not loaded)."""
+    from cellsynth.stylegan3.networks import build_networks
+
+    build = dict(cfg["build"])
+    if ops_impl is not None:
+        os.environ["CELLSYNTH_OPS_IMPL"] = ops_impl
+    return build_networks(**build)
+
+
+def load_generator(path: str | os.PathLike, device="cpu", which: str = "G_ema"):
+    """Load the generator (``G_ema`` by default) of a snapshot; returns (G in eval mode, config)."""
+    data = load_snapshot(path)
+    G, _ = build_from_config(data["config"])
+    key = which if which in data else "G"
+    try:
+        G.load_state_dict(data[key])
+    except RuntimeError as exc:
+        raise CellsynthError(
+            f"{path}: generator weights do not fit the network the config describes "
+            f"({str(exc).splitlines()[0]})"
+        ) from None
+    return G.eval().requires_grad_(False).to(device), data["config"]
+
+
+def list_snapshots(folder: str | os.PathLike) -> list[Path]:
+    """Complete snapshots in ``folder`` and its run sub-folders, oldest first (by kimg, mtime).
+
+    Temporary files of an interrupted write (``.network-snapshot-...tmp``) are never listed.
+    """
+    folder = Path(folder)
+    found = []
+    for p in list(folder.glob("network-snapshot-*.pt")) + list(
+        folder.glob("*/network-snapshot-*.pt")
+    ):
+        m = _SNAP.match(p.name)
+        if m and p.is_file():
+            found.append((p.stat().st_mtime, int(m.group(1)), p))
+    return [p for _, _, p in sorted(found)]
+
+
+def find_latest(outdir: str | os.PathLike) -> Path:
+    """The newest loadable snapshot under ``outdir`` (for ``--resume latest``)."""
+    snaps = list_snapshots(outdir)
+    for p in reversed(snaps):
+        try:
+            load_snapshot(p)
+        except CellsynthError:
+            continue
+        return p
+    raise CellsynthError(
+        f"--resume latest: no complete network-snapshot-*.pt under {outdir}; "
+        "train without --resume first"
+    )

@@ -1,0 +1,182 @@
+"""``cellsynth stylegan3 train``: options -> run folder -> one training process per device.
+
+:func:`train` checks the options, resolves ``--resume latest``, creates
+``OUTDIR/NNNNN-<cfg>-<data>-gpusG-batchB-gammaX/`` with ``training_options.json`` and launches
+:func:`cellsynth.stylegan3.training_loop.training_process` through
+:func:`cellsynth.training.distributed.launch` (``--gpus N`` processes).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cellsynth.errors import CellsynthError
+
+CFGS = ("stylegan3-t", "stylegan3-r", "stylegan2")
+METRICS = ("none", "realism", "fid50k_full", "kid50k_full", "fid5k", "kid5k")
+
+
+def parse_metrics(text: str | list | None) -> list[str]:
+    """``"realism,fid50k_full"`` -> list of metric names (checked); ``none`` -> []."""
+    if text is None:
+        return []
+    names = text if isinstance(text, list) else [t.strip() for t in str(text).split(",")]
+    names = [n for n in names if n and n != "none"]
+    for n in names:
+        if n not in METRICS:
+            raise CellsynthError(f"unknown metric {n!r}; use any of {', '.join(METRICS)}")
+    return names
+
+
+def default_options(**kw) -> dict:
+    """The training options with the StyleGAN3 defaults, updated by ``kw``."""
+    opts = dict(
+        outdir=None,
+        cfg="stylegan3-t",
+        data=None,
+        gpus=1,
+        batch=32,
+        batch_gpu=None,
+        gamma=None,
+        mirror=False,
+        aug="ada",
+        aug_preset="geom",
+        p=0.2,
+        target=0.6,
+        ada_kimg=500,
+        kimg=25000,
+        tick=4,
+        snap=50,
+        resume=None,
+        cbase=32768,
+        cmax=512,
+        map_depth=None,
+        z_dim=512,
+        w_dim=512,
+        glr=None,
+        dlr=0.002,
+        cond=False,
+        seed=0,
+        workers=3,
+        fp32=False,
+        metrics=[],
+        inception=None,
+        ops_impl="auto",
+        max_minutes=None,
+        ema_kimg=None,
+        ema_rampup=0.05,
+        dry_run=False,
+        progress=False,
+        device=None,
+        desc=None,
+    )
+    unknown = set(kw) - set(opts)
+    if unknown:
+        raise CellsynthError(f"unknown training options: {sorted(unknown)}")
+    opts.update(kw)
+    return opts
+
+
+def check_options(opts: dict) -> dict:
+    """Validate and complete ``opts`` (defaults that depend on others); returns a new dict."""
+    from cellsynth.stylegan3.training_loop import CFG_DEFAULTS
+
+    opts = dict(opts)
+    if opts["cfg"] not in CFGS:
+        raise CellsynthError(f"unknown --cfg {opts['cfg']!r}; use one of {', '.join(CFGS)}")
+    if not opts.get("outdir"):
+        raise CellsynthError("--outdir is required")
+    if not opts.get("data"):
+        raise CellsynthError("--data is required (a masks zip from 'cellsynth dataset pack')")
+    if not Path(opts["data"]).is_file():
+        raise CellsynthError(
+            f"{opts['data']}: no such masks zip; make one with 'cellsynth dataset pack --kind masks'"
+        )
+    gpus, batch = int(opts["gpus"]), int(opts["batch"])
+    if gpus < 1 or batch < 1:
+        raise CellsynthError("--gpus and --batch must be at least 1")
+    batch_gpu = int(opts.get("batch_gpu") or batch // gpus)
+    if batch_gpu < 1 or batch % (batch_gpu * gpus) != 0:
+        raise CellsynthError(
+            f"--batch {batch} must be a multiple of --gpus {gpus} times --batch-gpu {batch_gpu}"
+        )
+    opts["batch_gpu"] = batch_gpu
+    if opts["aug"] not in ("noaug", "ada", "fixed"):
+        raise CellsynthError(f"--aug must be noaug, ada or fixed, not {opts['aug']!r}")
+    if not 0 <= float(opts["p"]) <= 1:
+        raise CellsynthError(f"--p must be in [0, 1], got {opts['p']}")
+    if not 0 <= float(opts["target"]) <= 1:
+        raise CellsynthError(f"--target must be in [0, 1], got {opts['target']}")
+    if opts["map_depth"] is None:
+        opts["map_depth"] = CFG_DEFAULTS[opts["cfg"]]["map_depth"]
+    if opts["glr"] is None:
+        opts["glr"] = CFG_DEFAULTS[opts["cfg"]]["glr"]
+    if opts["gamma"] is None:
+        raise CellsynthError("--gamma is required (R1 weight; e.g. 0.5 for 64x64, 8 for 256x256)")
+    if float(opts["gamma"]) < 0:
+        raise CellsynthError("--gamma must be >= 0")
+    if opts.get("ops_impl") not in (None, "auto", "ref", "cpu", "cuda"):
+        raise CellsynthError(f"--ops-impl must be auto, ref, cpu or cuda, not {opts['ops_impl']!r}")
+    if opts.get("ema_kimg") is None:
+        opts["ema_kimg"] = batch * 10 / 32
+    opts["metrics"] = parse_metrics(opts.get("metrics"))
+    for key in ("kimg", "tick"):
+        if float(opts[key]) <= 0:
+            raise CellsynthError(f"--{key} must be positive")
+    if opts.get("resume") == "latest":
+        from cellsynth.stylegan3.snapshot import find_latest
+
+        opts["resume"] = str(find_latest(opts["outdir"]))
+    elif opts.get("resume"):
+        from cellsynth.stylegan3.snapshot import load_snapshot
+
+        load_snapshot(opts["resume"])  # fail early on a missing/corrupt file
+        opts["resume"] = str(opts["resume"])
+    if any(m.startswith(("fid", "kid")) for m in opts["metrics"]):
+        from cellsynth.stylegan3.metrics import inception_path
+
+        opts["inception"] = str(inception_path(opts.get("inception")))
+    return opts
+
+
+def run_description(opts: dict) -> str:
+    """``<cfg>-<data>-gpusG-batchB-gammaX`` (the run-folder name after its number)."""
+    data = Path(opts["data"]).name
+    for suffix in (".zip",):
+        data = data[: -len(suffix)] if data.endswith(suffix) else data
+    desc = f"{opts['cfg']}-{data}-gpus{opts['gpus']}-batch{opts['batch']}-gamma{opts['gamma']:g}"
+    if opts.get("desc"):
+        desc += f"-{opts['desc']}"
+    return desc
+
+
+def train(**kw) -> Path | None:
+    """Train StyleGAN2/3 on a masks zip; returns the run folder (None for a dry run).
+
+    Keyword arguments are the options of :func:`default_options` (the CLI flags).
+    """
+    from cellsynth.stylegan3.training_loop import training_process
+    from cellsynth.training.distributed import launch
+    from cellsynth.training.rundir import make_run_dir
+
+    opts = check_options(default_options(**kw))
+    if opts["ops_impl"] and opts["ops_impl"] != "auto":
+        os.environ["CELLSYNTH_OPS_IMPL"] = opts["ops_impl"]
+    if opts["dry_run"]:
+        import json
+
+        from cellsynth.stylegan3.training_loop import MaskData
+
+        data = MaskData(opts["data"], mirror=opts["mirror"])
+        print(json.dumps({k: v for k, v in opts.items() if k != "device"}, indent=2, default=str))
+        print(
+            f"dataset: {data.n} images, {data.resolution}px, {data.channels} channels, "
+            f"encoding {data.encoding}, labels {data.has_labels}"
+        )
+        print("dry run: nothing trained, no run folder made")
+        return None
+    saved = {k: v for k, v in opts.items() if k not in ("device", "dry_run")}
+    run_dir = make_run_dir(opts["outdir"], run_description(opts), saved)
+    launch(training_process, int(opts["gpus"]), args=(opts, str(run_dir)))
+    return run_dir
