@@ -36,8 +36,8 @@ import numpy as np
 from cellsynth import __version__
 from cellsynth.atomic import write_text
 from cellsynth.errors import CellsynthError, require
+from cellsynth.tools.seeds import MAX_SEED, parse_seeds  # noqa: F401 (re-exported)
 
-MAX_SEED = 2**32 - 1
 BORDER = ("keep", "drop")
 THRESHOLD_METHODS = ("fixed", "otsu", "li", "triangle", "mean")
 OPTIONS_FILE = "synth_options.json"
@@ -45,37 +45,6 @@ PARTIAL = ".partial"
 
 
 # ----------------------------------------------------------------------------------- parsing
-def parse_seeds(text) -> list[int]:
-    """``"0-99,120"`` -> [0, ..., 99, 120] (ranges inclusive; order kept, repeats dropped).
-
-    Raises CellsynthError for malformed text, reversed ranges, or seeds outside 0..2**32-1.
-    """
-    if isinstance(text, (int, np.integer)):
-        parts = [str(int(text))]
-    elif isinstance(text, (list, tuple)):
-        parts = [str(v) for v in text]
-    else:
-        parts = [p.strip() for p in str(text).split(",")]
-    values: list[int] = []
-    for part in parts:
-        m = re.fullmatch(r"(-?\d+)(?:-(-?\d+))?", part)
-        if m is None:
-            raise CellsynthError(f"malformed seeds {text!r} at {part!r}; use e.g. 0-99,120")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
-        for v in (lo, hi):
-            if not 0 <= v <= MAX_SEED:
-                raise CellsynthError(f"seed {v} is out of range 0..{MAX_SEED}")
-        if hi < lo:
-            raise CellsynthError(f"seed range {part!r} runs backwards; write {hi}-{lo}")
-        require(hi - lo < 100_000_000, f"seed range {part!r} is too long")
-        values.extend(range(lo, hi + 1))
-    seen: set[int] = set()
-    out = [v for v in values if not (v in seen or seen.add(v))]
-    require(bool(out), "no seeds given; use e.g. --seeds 0-99")
-    return out
-
-
 def parse_shard(text) -> tuple[int, int] | None:
     """``"0/4"`` -> (0, 4); None stays None."""
     if text is None:

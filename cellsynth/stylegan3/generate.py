@@ -12,47 +12,12 @@ Latents follow the users' habit: ``z = np.random.RandomState(seed).randn(z_dim)`
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 
 from cellsynth.errors import CellsynthError
-
-MAX_SEED = 2**32 - 1
-
-
-def parse_seeds(text: str | int | list) -> list[int]:
-    """``"0-99,120"`` -> ``[0, 1, ..., 99, 120]`` (ranges inclusive, order kept).
-
-    Raises CellsynthError for malformed text, reversed ranges or seeds outside [0, 2**32 - 1].
-    """
-    if isinstance(text, int):
-        values = [text]
-    elif isinstance(text, (list, tuple)):
-        values = [int(v) for v in text]
-    else:
-        values = []
-        parts = [p.strip() for p in str(text).split(",")]
-        if not parts or any(p == "" for p in parts):
-            raise CellsynthError(f"malformed seeds {text!r}; use e.g. 0-99,120")
-        for part in parts:
-            m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-            if m is None:
-                raise CellsynthError(f"malformed seeds {text!r} at {part!r}; use e.g. 0-99,120")
-            lo = int(m.group(1))
-            hi = int(m.group(2)) if m.group(2) is not None else lo
-            if hi < lo:
-                raise CellsynthError(f"seed range {part!r} runs backwards; write {hi}-{lo}")
-            if hi > MAX_SEED:
-                raise CellsynthError(f"seed {hi} is out of range [0, {MAX_SEED}]")
-            values.extend(range(lo, hi + 1))
-    for v in values:
-        if not 0 <= v <= MAX_SEED:
-            raise CellsynthError(f"seed {v} is out of range [0, {MAX_SEED}]")
-    if not values:
-        raise CellsynthError("no seeds given; use e.g. --seeds 0-99")
-    return values
+from cellsynth.tools.seeds import MAX_SEED, parse_seeds  # noqa: F401 (re-exported)
 
 
 class MaskGenerator:
