@@ -1,0 +1,189 @@
+"""Fast path of the FIR ops, made only of differentiable torch ops (double backward works).
+
+Separable (1-D) filters: each axis of ``upfirdn2d`` is a linear map of the samples along that
+axis, so it is applied as one matrix product with a small banded matrix that already holds the
+zero insertion, padding, FIR taps and decimation. The zeros of the upsampled signal and the
+samples that decimation drops are never computed, and a matrix product runs at full GEMM speed
+(instead of a depthwise convolution at the upsampled resolution).
+
+2-D (non-separable) filters: polyphase convolutions, a transposed depthwise convolution with
+stride ``up`` for upsampling and a strided depthwise convolution for downsampling.
+
+Every entry of a resampling matrix is exactly one filter tap (or zero), so results equal the
+reference up to float32 summation order.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_MATRIX_CACHE: dict = {}
+
+
+def _taps(f, flip_filter, gain, dtype):
+    """Correlation taps of ``f`` (flipped unless flip_filter) scaled by gain ** (ndim / 2)."""
+    f = f * (gain ** (f.ndim / 2))
+    if not flip_filter:
+        f = f.flip(list(range(f.ndim)))
+    return f.to(dtype)
+
+
+def resample_matrix(g, length, up, down, pad0, pad1):
+    """Matrix M [L_out, L] with ``M @ x`` = upfirdn along one axis (correlation taps ``g``).
+
+    Args:
+        g: 1-D tensor of correlation taps (k entries).
+        length: input length L; up, down: integer factors; pad0, pad1: padding (negative crops).
+
+    Returns:
+        tensor [L_out, L] in g's dtype and device, L_out = (L * up + pad0 + pad1 - k) // down + 1.
+    """
+    k = g.shape[0]
+    out_len = (length * up + pad0 + pad1 - k) // down + 1
+    cache = not g.requires_grad
+    key = None
+    if cache:
+        key = (tuple(g.tolist()), g.dtype, g.device, length, up, down, pad0, pad1)
+        if key in _MATRIX_CACHE:
+            return _MATRIX_CACHE[key]
+    j = torch.arange(out_len, device=g.device)[:, None]
+    i = torch.arange(length, device=g.device)[None, :]
+    idx = i * up + pad0 - j * down
+    valid = (idx >= 0) & (idx < k)
+    m = torch.where(valid, g[idx.clamp(0, k - 1)], torch.zeros((), dtype=g.dtype, device=g.device))
+    if cache:
+        if len(_MATRIX_CACHE) > 128:
+            _MATRIX_CACHE.clear()
+        _MATRIX_CACHE[key] = m
+    return m
+
+
+def _axis_w(x, m):
+    """Apply M [W_out, W] along the last axis of x."""
+    return torch.matmul(x, m.t())
+
+
+def _axis_h(x, m):
+    """Apply M [H_out, H] along the second-to-last axis of x."""
+    return torch.matmul(m, x)
+
+
+def _upfirdn2d_2d(x, g, up, down, padding):
+    """Non-separable filter with polyphase depthwise convolutions (g: correlation taps)."""
+    upx, upy = up
+    downx, downy = down
+    px0, px1, py0, py1 = padding
+    c = x.shape[1]
+    fh, fw = g.shape
+    if upx > 1 or upy > 1:
+        # conv_transpose with kernel flip(g) == correlation of the zero-inserted signal padded by
+        # (k - 1, k - up); then adjust to the requested padding.
+        kernel = g.flip([0, 1])[None, None].repeat(c, 1, 1, 1)
+        x = F.conv_transpose2d(x, kernel, stride=(upy, upx), groups=c)
+        qx0, qx1 = px0 - (fw - 1), px1 - (fw - upx)
+        qy0, qy1 = py0 - (fh - 1), py1 - (fh - upy)
+        x = _pad(x, qx0, qx1, qy0, qy1)
+        return x[:, :, ::downy, ::downx]
+    x = _pad(x, px0, px1, py0, py1)
+    return F.conv2d(x, g[None, None].repeat(c, 1, 1, 1), stride=(downy, downx), groups=c)
+
+
+def _pad(x, px0, px1, py0, py1):
+    if px0 > 0 or px1 > 0 or py0 > 0 or py1 > 0:
+        x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+    if px0 < 0 or px1 < 0 or py0 < 0 or py1 < 0:
+        x = x[
+            :, :, max(-py0, 0) : x.shape[2] - max(-py1, 0), max(-px0, 0) : x.shape[3] - max(-px1, 0)
+        ]
+    return x
+
+
+def upfirdn2d(x, f, up, down, padding, flip_filter, gain):
+    """Fast upfirdn2d; arguments already parsed (see upfirdn2d.upfirdn2d)."""
+    upx, upy = up
+    downx, downy = down
+    px0, px1, py0, py1 = padding
+    g = _taps(f, flip_filter, gain, x.dtype)
+    if g.ndim == 2:
+        if g.numel() == 1:
+            if upx == upy == downx == downy == 1:
+                x = _pad(x, px0, px1, py0, py1)
+                return x if float(g[0, 0]) == 1 else x * g[0, 0]
+            g1 = g[0]
+            mw = resample_matrix(g1, x.shape[3], upx, downx, px0, px1)
+            mh = resample_matrix(torch.ones_like(g1), x.shape[2], upy, downy, py0, py1)
+            return _axis_h(_axis_w(x, mw), mh)
+        return _upfirdn2d_2d(x, g, up, down, padding)
+    mw = resample_matrix(g, x.shape[3], upx, downx, px0, px1)
+    mh = resample_matrix(g, x.shape[2], upy, downy, py0, py1)
+    return _axis_h(_axis_w(x, mw), mh)
+
+
+class _ClampLeakyReLU(torch.autograd.Function):
+    """leaky_relu(clamp(x, lo, hi), slope) that saves one byte per element for backward.
+
+    The derivative is piecewise constant (0 where clamped, 1 where x > 0, slope elsewhere), so
+    backward multiplies by it with ordinary torch ops, which keeps double backward (R1) working
+    while the large upsampled activations need not stay in memory.
+    """
+
+    @staticmethod
+    def forward(ctx, x, lo, hi, slope):
+        y = x.clamp(lo, hi) if lo is not None or hi is not None else x.clone()
+        code = (x > 0).to(torch.uint8)  # 1: slope 1, 0: slope `slope`, 2: clamped (slope 0)
+        if lo is not None:
+            code.masked_fill_(x < lo, 2)
+        if hi is not None:
+            code.masked_fill_(x > hi, 2)
+        if slope != 1:
+            F.leaky_relu_(y, slope)
+        ctx.save_for_backward(code)
+        ctx.slope = slope
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (code,) = ctx.saved_tensors
+        table = torch.tensor([ctx.slope, 1.0, 0.0], dtype=grad.dtype, device=grad.device)
+        return grad * _lookup(table, code), None, None, None
+
+
+def _lookup(table, code):
+    """table[code] for a uint8 code tensor (three values), without int64 temporaries."""
+    return torch.where(code == 1, table[1], torch.where(code == 0, table[0], table[2]))
+
+
+def filtered_lrelu(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter):
+    """Fast filtered_lrelu; arguments already parsed (see filtered_lrelu.filtered_lrelu).
+
+    The lrelu gain is moved into the down filter (the filter is linear, and for gain > 0
+    clamp(lrelu(v) * gain, c) == gain * clamp(lrelu(v), c / gain)); the clamp is applied before
+    the lrelu on the equivalent bounds, and one fused leaky_relu replaces compare/select.
+    """
+    storage = x.untyped_storage().data_ptr()
+    if b is not None:
+        x = x + b.to(x.dtype).reshape(1, -1, 1, 1)
+    one = torch.ones([1, 1], device=x.device)
+    x = upfirdn2d(x, fu if fu is not None else one, (up, up), (1, 1), padding, flip_filter, up**2)
+    down_gain = gain
+    if gain <= 0 or slope < 0:  # rare: keep the plain order
+        down_gain = 1.0
+        x = F.leaky_relu(x, slope) * gain if slope != 1 else x * gain
+        if clamp >= 0:
+            x = x.clamp(-clamp, clamp)
+    elif torch.is_grad_enabled() and x.requires_grad:
+        lo = -clamp / (gain * slope) if clamp >= 0 and slope > 0 else None
+        hi = clamp / gain if clamp >= 0 else None
+        x = _ClampLeakyReLU.apply(x, lo, hi, slope)
+    else:  # no autograd: update our own temporary in place (no new large buffers)
+        if x.untyped_storage().data_ptr() == storage:
+            x = x.clone()  # never modify the caller's tensor
+        if clamp >= 0:
+            lo = -clamp / (gain * slope) if slope > 0 else None
+            x.clamp_(lo, clamp / gain)
+        if slope != 1:
+            F.leaky_relu_(x, slope)
+    return upfirdn2d(
+        x, fd if fd is not None else one, (1, 1), (down, down), (0, 0, 0, 0), flip_filter, down_gain
+    )

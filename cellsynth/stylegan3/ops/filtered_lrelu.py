@@ -1,0 +1,104 @@
+"""Filtered leaky ReLU of StyleGAN3 (alias-free nonlinearity).
+
+``y = down(FIR_d(clamp(lrelu(FIR_u(up(pad(x + b))) * gain))))``: add the bias, upsample by
+``up`` with filter ``fu`` (gain ``up**2``), apply the leaky ReLU with ``slope`` scaled by ``gain``
+and clamped to [-clamp, clamp], then filter with ``fd`` and keep every ``down``-th sample.
+The padding is applied once, before the upsampling filter.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from cellsynth.errors import CellsynthError
+from cellsynth.stylegan3.ops._impl import resolve_impl
+from cellsynth.stylegan3.ops.bias_act import bias_act
+from cellsynth.stylegan3.ops.upfirdn2d import (
+    get_filter_size,
+    parse_padding,
+    parse_scaling,
+    upfirdn2d,
+)
+
+
+def _filtered_lrelu_ref(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter):
+    x = bias_act(x, b, impl="ref")
+    x = upfirdn2d(x, fu, up=up, padding=padding, flip_filter=flip_filter, gain=up**2, impl="ref")
+    x = bias_act(x, act="lrelu", alpha=slope, gain=gain, clamp=clamp, impl="ref")
+    x = upfirdn2d(x, fd, down=down, flip_filter=flip_filter, impl="ref")
+    return x
+
+
+def output_size(in_size, fu, fd, up, down, padding):
+    """(H, W) of filtered_lrelu's output for an input of size (H, W)."""
+    px0, px1, py0, py1 = parse_padding(padding)
+    fuw, fuh = get_filter_size(fu)
+    fdw, fdh = get_filter_size(fd)
+    h = (in_size[0] * up + py0 + py1 - (fuh - 1) - (fdh - 1) + (down - 1)) // down
+    w = (in_size[1] * up + px0 + px1 - (fuw - 1) - (fdw - 1) + (down - 1)) // down
+    return h, w
+
+
+def filtered_lrelu(
+    x,
+    fu=None,
+    fd=None,
+    b=None,
+    up=1,
+    down=1,
+    padding=0,
+    gain=math.sqrt(2),
+    slope=0.2,
+    clamp=None,
+    flip_filter=False,
+    impl="auto",
+):
+    """Bias, upsample, FIR, leaky ReLU, clamp, FIR, downsample.
+
+    Args:
+        x: tensor [N, C, H, W].
+        fu: upsampling filter (setup_filter; 1-D separable or 2-D), None = identity.
+        fd: downsampling filter, None = identity.
+        b: bias [C] or None.
+        up: integer upsampling factor (same on both axes).
+        down: integer downsampling factor.
+        padding: int, (px, py) or (px0, px1, py0, py1), applied after the zero insertion.
+        gain: gain of the leaky ReLU (sqrt(2) keeps the variance).
+        slope: negative slope of the leaky ReLU.
+        clamp: clamp the nonlinearity's output to [-clamp, clamp]; None = no clamping.
+        flip_filter: False = convolution, True = correlation.
+        impl: "auto", "ref", "cpu" or "cuda".
+
+    Returns:
+        tensor [N, C, H', W'] (see ``output_size``).
+    """
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        raise CellsynthError(
+            f"filtered_lrelu: x must be a 4-D tensor, got {getattr(x, 'shape', x)}"
+        )
+    upx, upy = parse_scaling(up)
+    downx, downy = parse_scaling(down)
+    if upx != upy or downx != downy:
+        raise CellsynthError("filtered_lrelu: up and down must be the same on both axes")
+    up, down = upx, downx
+    padding = parse_padding(padding)
+    h, w = output_size(x.shape[2:], fu, fd, up, down, padding)
+    if h < 1 or w < 1:
+        raise CellsynthError(f"filtered_lrelu: output would be empty for input {tuple(x.shape)}")
+    gain, slope = float(gain), float(slope)
+    clamp = float(clamp) if clamp is not None else -1.0
+    which = resolve_impl(impl, x, "filtered_lrelu")
+    if which == "cuda":
+        from cellsynth.stylegan3.ops.cuda_ops import filtered_lrelu_cuda
+
+        clamp_arg = clamp if clamp >= 0 else None
+        return filtered_lrelu_cuda(
+            x, fu, fd, b, up, down, padding, gain, slope, clamp_arg, flip_filter
+        )
+    if which == "ref":
+        return _filtered_lrelu_ref(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter)
+    from cellsynth.stylegan3.ops import cpu_fast
+
+    return cpu_fast.filtered_lrelu(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter)
