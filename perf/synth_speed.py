@@ -21,7 +21,7 @@ from pathlib import Path
 from cellsynth.synth import synth
 
 
-def run_one(out: Path, args, size, masks, images) -> dict:
+def run_one(out: Path, args, size, masks, images, upscale=1) -> dict:
     s = synth(
         out,
         masks=masks,
@@ -32,10 +32,12 @@ def run_one(out: Path, args, size, masks, images) -> dict:
         batch=args.batch,
         workers=args.workers,
         device=args.device,
+        upscale=upscale,
     )
     total = sum(s["stages"].values()) or 1.0
     return {
         "size": size,
+        "upscale": upscale,
         "masks": masks.split(":")[0],
         "images": images.split(":")[0],
         "pairs": s["written"],
@@ -56,6 +58,13 @@ def main() -> None:
     ap.add_argument("--stylegan3", default=None, help="generator snapshot (GAN masks)")
     ap.add_argument("--pix2pixhd", default=None, help="translator checkpoint (GAN images)")
     ap.add_argument("--device", default=None)
+    ap.add_argument(
+        "--upscale",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="GAN masks: factors of the generator's size (e.g. 2 4 for 128 and 256 from 64)",
+    )
     args = ap.parse_args()
     masks = f"stylegan3:{args.stylegan3}" if args.stylegan3 else "simulate"
     images = f"pix2pixhd:{args.pix2pixhd}" if args.pix2pixhd else "simulate"
@@ -68,9 +77,12 @@ def main() -> None:
             masks,
             images,
         )
-        sizes = args.sizes if masks == "simulate" else [None]
-        for size in sizes:
-            rows.append(run_one(Path(tmp) / f"s{size}", args, size or 256, masks, images))
+        if masks == "simulate":
+            for size in args.sizes:
+                rows.append(run_one(Path(tmp) / f"s{size}", args, size, masks, images))
+        else:
+            for k in args.upscale:
+                rows.append(run_one(Path(tmp) / f"u{k}", args, 256, masks, images, upscale=k))
     print(
         json.dumps(
             {
