@@ -113,7 +113,7 @@ PRESETS = {
             "u2net": {"variant": "small"},
             "maskrcnn": {"arch": "resnet18_fpn"},
         },
-        minutes=10.0,
+        minutes=8.0,
     ),
     "tiny": dict(
         n_train=8,
