@@ -21,7 +21,7 @@ import click
     "--minutes",
     type=float,
     default=None,
-    help="Training budget of GANs and segmenters together [default: 10 for the laptop preset].",
+    help="Training budget of GANs and segmenters together [default: 8 for the laptop preset].",
 )
 @click.option(
     "--preset",
