@@ -243,8 +243,8 @@ def run_demo(
             gamma=1.0,
             mirror=True,
             kimg=1000,
-            tick=1,
-            snap=1,
+            tick=0.1,
+            snap=5,
             max_minutes=budget["stylegan3"],
             seed=seed,
             workers=0,
@@ -295,7 +295,7 @@ def run_demo(
             masks=f"stylegan3:{paths['sg3_snapshot']}",
             images=f"pix2pixhd:{paths['p2p_ckpt']}",
             spots_count=cfg["spots"],
-            min_size=4,
+            min_size=15,
             progress=False,
         )
         paths["synth_train"] = out / "synthetic" / "train"
