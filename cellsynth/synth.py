@@ -36,7 +36,7 @@ import numpy as np
 from cellsynth import __version__
 from cellsynth.atomic import write_text
 from cellsynth.errors import CellsynthError, require
-from cellsynth.tools.seeds import MAX_SEED, parse_seeds  # noqa: F401 (re-exported)
+from cellsynth.tools.parse import MAX_SEED, parse_seeds  # noqa: F401 (re-exported)
 
 BORDER = ("keep", "drop")
 THRESHOLD_METHODS = ("fixed", "otsu", "li", "triangle", "mean")

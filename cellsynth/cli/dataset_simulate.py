@@ -5,20 +5,7 @@ from __future__ import annotations
 import click
 
 from cellsynth.errors import CellsynthError
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """ "256" -> (256, 256); "256x320" -> (256, 320)."""
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        vals = [int(p) for p in parts]
-    except ValueError:
-        raise CellsynthError(f"--size {text!r}: give N or HxW, e.g. 256 or 256x320") from None
-    if len(vals) == 1:
-        vals = vals * 2
-    if len(vals) != 2:
-        raise CellsynthError(f"--size {text!r}: give N or HxW, e.g. 256 or 256x320")
-    return vals[0], vals[1]
+from cellsynth.tools.parse import parse_size
 
 
 def parse_fractions(text: str) -> tuple[float, ...]:
@@ -82,7 +69,7 @@ def simulate(
         counts.get("val", 0),
         counts.get("test", 0),
         seed=seed,
-        size=parse_size(size),
+        size=parse_size(size, "--size"),
         overwrite=overwrite,
         progress=progress,
         density=density,

@@ -11,29 +11,7 @@ import json
 import click
 
 from cellsynth.errors import CellsynthError
-
-
-def _size(text: str):
-    parts = text.lower().split("x")
-    try:
-        vals = [int(p) for p in parts]
-    except ValueError:
-        raise CellsynthError(f"--size {text!r}: give N or HxW, e.g. 256 or 256x320") from None
-    if len(vals) not in (1, 2):
-        raise CellsynthError(f"--size {text!r}: give N or HxW, e.g. 256 or 256x320")
-    return (vals[0], vals[-1])
-
-
-def _matrix(text):
-    if text is None:
-        return None
-    try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError:
-        vals = []
-    if len(vals) != 4:
-        raise CellsynthError(f"--spots-matrix {text!r}: give four numbers sxx,sxy,syx,syy")
-    return [vals[:2], vals[2:]]
+from cellsynth.tools.parse import parse_matrix, parse_size
 
 
 @click.group(invoke_without_command=True)
@@ -197,7 +175,7 @@ def synth(
         masks,
         images,
         seeds,
-        size=_size(size),
+        size=parse_size(size, "--size"),
         density=density,
         mean_radius=mean_radius,
         trunc=trunc,
@@ -218,7 +196,7 @@ def synth(
         spots_spread=spots_spread,
         spots_sigma=spots_sigma,
         spots_scale=spots_scale,
-        spots_matrix=_matrix(spots_matrix),
+        spots_matrix=parse_matrix(spots_matrix, "--spots-matrix"),
         spots_intensity=spots_intensity,
         spots_intensity_mean=spots_intensity_mean,
         spots_intensity_spread=spots_intensity_spread,

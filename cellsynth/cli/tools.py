@@ -14,6 +14,7 @@ import click
 import numpy as np
 
 from cellsynth.errors import CellsynthError
+from cellsynth.tools.parse import parse_matrix
 
 
 def _inputs(path: str, sub: str, what: str) -> tuple[list[Path], bool]:
@@ -34,18 +35,6 @@ def _inputs(path: str, sub: str, what: str) -> tuple[list[Path], bool]:
 def name_seed(seed: int, name: str) -> int:
     """A 32-bit seed for the file ``name`` (stable whatever other files are present)."""
     return int(np.random.SeedSequence([int(seed), zlib.crc32(name.encode())]).generate_state(1)[0])
-
-
-def _parse_matrix(text: str | None):
-    if text is None:
-        return None
-    try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError:
-        vals = []
-    if len(vals) != 4:
-        raise CellsynthError(f"--matrix {text!r}: give four numbers sxx,sxy,syx,syy")
-    return np.array(vals).reshape(2, 2)
 
 
 @click.group()
@@ -170,7 +159,7 @@ def points_cmd(
     from cellsynth.tools.points import render_spots, simulate_spots, spots_mask, spots_to_csv
 
     files, _ = _inputs(masks, "masks", "masks")
-    mat = _parse_matrix(matrix)
+    mat = parse_matrix(matrix, "--matrix")
     total = 0
     with atomic_dir(out, overwrite) as tmp:
         for f in files:

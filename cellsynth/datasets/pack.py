@@ -36,6 +36,7 @@ from cellsynth.tools.codec import (
     encode_mask,
     transform_labels,
 )
+from cellsynth.tools.parse import parse_size  # noqa: F401 (re-exported)
 
 MASKS_META = "cellsynth.json"
 LABELS_JSON = "dataset.json"
@@ -56,25 +57,6 @@ def check_resolution(resolution) -> int:
             f"resolution must be a power of two (e.g. 64, 128, 256, 512), got {resolution}"
         )
     return r
-
-
-def parse_size(size) -> tuple[int, int]:
-    """``256`` / ``"256"`` -> (256, 256); ``"256x384"`` / (256, 384) -> (height, width)."""
-    if isinstance(size, str):
-        parts = size.lower().replace(",", "x").split("x")
-    elif np.isscalar(size):
-        parts = [size]
-    else:
-        parts = list(size)
-    try:
-        hw = [int(p) for p in parts]
-    except (TypeError, ValueError):
-        raise CellsynthError(f"size must be N or HxW (e.g. 256 or 256x384), got {size!r}") from None
-    if len(hw) == 1:
-        hw = hw * 2
-    if len(hw) != 2 or min(hw) < 1:
-        raise CellsynthError(f"size must be N or HxW with positive numbers, got {size!r}")
-    return hw[0], hw[1]
 
 
 def _check_transform(transform: str) -> str:

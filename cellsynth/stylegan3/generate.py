@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cellsynth.errors import CellsynthError
-from cellsynth.tools.seeds import MAX_SEED, parse_seeds  # noqa: F401 (re-exported)
+from cellsynth.tools.parse import MAX_SEED, parse_seeds  # noqa: F401 (re-exported)
 
 
 class MaskGenerator:

@@ -27,6 +27,7 @@ from scipy import ndimage as ndi
 
 from cellsynth.errors import CellsynthError
 from cellsynth.tools.labels import check_labels, relabel_sequential
+from cellsynth.tools.parse import parse_size
 
 ENCODINGS = {"binary": 1, "fbd": 3}
 TRANSFORMS = ("center-crop", "tiles", "resize")
@@ -261,15 +262,6 @@ def decode_mask(
     return relabel_sequential(_drop_small(labels, min_size))
 
 
-def _size2(size) -> tuple[int, int]:
-    if np.isscalar(size):
-        size = (int(size), int(size))
-    size = tuple(int(s) for s in size)
-    if len(size) != 2 or min(size) < 1:
-        raise CellsynthError(f"size must be a positive int or (height, width), got {size}")
-    return size
-
-
 def resize_labels(labels: np.ndarray, size) -> np.ndarray:
     """Nearest-neighbour resize of instance labels (pixel-centre sampling; ids are kept).
 
@@ -279,7 +271,7 @@ def resize_labels(labels: np.ndarray, size) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise CellsynthError(f"resize_labels: labels must be 2-D, got shape {labels.shape}")
-    h, w = _size2(size)
+    h, w = parse_size(size)
     rows = np.minimum(
         ((np.arange(h) + 0.5) * labels.shape[0] / h).astype(np.int64), labels.shape[0] - 1
     )
@@ -321,7 +313,7 @@ def crop_windows(shape, size, transform: str = "center-crop", tile=None, stride=
     Returns a list of windows (empty when the image is smaller than a tile).
     """
     H, W = int(shape[0]), int(shape[1])
-    h, w = _size2(size)
+    h, w = parse_size(size)
     if transform == "resize":
         return [(0, 0, H, W)]
     if transform == "center-crop":
@@ -329,8 +321,8 @@ def crop_windows(shape, size, transform: str = "center-crop", tile=None, stride=
         ch, cw = min(H, max(1, round(h * scale))), min(W, max(1, round(w * scale)))
         return [((H - ch) // 2, (W - cw) // 2, ch, cw)]
     if transform == "tiles":
-        th, tw = _size2(tile) if tile is not None else (h, w)
-        sy, sx = _size2(stride) if stride is not None else (th, tw)
+        th, tw = parse_size(tile) if tile is not None else (h, w)
+        sy, sx = parse_size(stride) if stride is not None else (th, tw)
         if th > H or tw > W:
             return []
         ny, nx = (H - th) // sy + 1, (W - tw) // sx + 1

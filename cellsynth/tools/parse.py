@@ -1,4 +1,5 @@
-"""Seed lists as users type them: ``--seeds 0-99,120`` (the gen_images habit)."""
+"""Values as users type them: seed lists (``--seeds 0-99,120``, the gen_images habit), image
+sizes (``256`` or ``256x384``) and 2 x 2 matrices (``sxx,sxy,syx,syy``)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,40 @@ def parse_seeds(text) -> list[int]:
     out = [v for v in values if not (v in seen or seen.add(v))]
     require(bool(out), "no seeds given; use e.g. --seeds 0-99")
     return out
+
+
+def parse_size(size, what: str = "size") -> tuple[int, int]:
+    """``256`` / ``"256"`` -> (256, 256); ``"256x384"`` / (256, 384) -> (height, width).
+
+    Raises CellsynthError naming ``what`` (e.g. "--size") for anything else or sides < 1.
+    """
+    if isinstance(size, str):
+        parts = size.lower().replace(",", "x").split("x")
+    elif np.isscalar(size):
+        parts = [size]
+    else:
+        parts = list(size)
+    try:
+        hw = [int(p) for p in parts]
+    except (TypeError, ValueError):
+        raise CellsynthError(
+            f"{what} must be N or HxW (e.g. 256 or 256x384), got {size!r}"
+        ) from None
+    if len(hw) == 1:
+        hw = hw * 2
+    if len(hw) != 2 or min(hw) < 1:
+        raise CellsynthError(f"{what} must be N or HxW with positive numbers, got {size!r}")
+    return hw[0], hw[1]
+
+
+def parse_matrix(text: str | None, what: str = "--matrix") -> list[list[float]] | None:
+    """``"sxx,sxy,syx,syy"`` -> [[sxx, sxy], [syx, syy]]; None stays None."""
+    if text is None:
+        return None
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) != 4:
+        raise CellsynthError(f"{what} {text!r}: give four numbers sxx,sxy,syx,syy")
+    return [vals[:2], vals[2:]]
