@@ -34,6 +34,10 @@ def _entry(rank: int, fn, world: int, init_file: str, backend: str, args: tuple)
             torch.cuda.set_device(rank)
     try:
         fn(rank, world, *args)
+        if world > 1:
+            # every rank must be done with the group before any rank tears it down; otherwise
+            # gloo's threads can be destroyed mid-use and abort the process at exit
+            dist.barrier()
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
