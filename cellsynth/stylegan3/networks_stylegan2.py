@@ -454,8 +454,8 @@ class SynthesisNetwork2(nn.Module):
             )
         ws = ws.to(torch.float32)
         fused = self.fused_modconv
-        if fused is None:  # one grouped conv at inference, shared conv when training
-            fused = not torch.is_grad_enabled()
+        if fused is None:  # one grouped conv for CUDA inference; shared conv when training and on
+            fused = not torch.is_grad_enabled() and ws.is_cuda  # the CPU (faster there)
         x = img = None
         w_idx = 0
         for block in self.blocks:

@@ -244,7 +244,7 @@ class SynthesisNetwork3(nn.Module):
         num_fp16_res: layers whose sampling rate * 2**num_fp16_res > R run in fp16 (CUDA only).
         conv_kernel, use_radial_filters, conv_clamp, filter_size, lrelu_upsampling: per layer.
         fused_modconv: grouped per-sample conv (True) or shared conv with activation scaling
-            (False); None = fused without autograd, shared when training.
+            (False); None = fused for CUDA inference, shared when training and on the CPU.
     """
 
     def __init__(
@@ -336,8 +336,8 @@ class SynthesisNetwork3(nn.Module):
                 f"ws must be [N, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}"
             )
         fused = self.fused_modconv
-        if fused is None:
-            fused = not torch.is_grad_enabled()
+        if fused is None:  # grouped conv for CUDA inference; on the CPU the shared conv is faster
+            fused = not torch.is_grad_enabled() and ws.is_cuda
         ws = ws.to(torch.float32).unbind(dim=1)
         x = self.input(ws[0])
         for layer, w in zip(self.layers, ws[1:]):

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cellsynth.stylegan3.ops import cpu_kernels
+
 _MATRIX_CACHE: dict = {}
 
 
@@ -99,8 +101,64 @@ def _pad(x, px0, px1, py0, py1):
     return x
 
 
+def _use_kernels(x, *filters):
+    """Whether the compiled kernels can run this call (taps that need no gradient)."""
+    if any(f is not None and f.requires_grad for f in filters):
+        return False
+    return cpu_kernels.supports(x)
+
+
+def _out_len(length, up, down, pad0, pad1, taps):
+    return (length * up + pad0 + pad1 - taps) // down + 1
+
+
+def _passes(x, g, up, down, padding):
+    """The kernel passes of one upfirdn2d: [(taps [KH, KW], geometry), ...] for input x.
+
+    A 1-D (separable) filter gives a pass along W then one along H; a 2-D filter one pass.
+    """
+    upx, upy = up
+    downx, downy = down
+    px0, px1, py0, py1 = padding
+    h, w = x.shape[2], x.shape[3]
+    if g.ndim == 2:
+        kh, kw = g.shape
+        ho = _out_len(h, upy, downy, py0, py1, kh)
+        wo = _out_len(w, upx, downx, px0, px1, kw)
+        return [(g, ((upy, downy, py0, ho), (upx, downx, px0, wo)))]
+    k = g.shape[0]
+    wo = _out_len(w, upx, downx, px0, px1, k)
+    ho = _out_len(h, upy, downy, py0, py1, k)
+    return [
+        (g[None, :], ((1, 1, 0, h), (upx, downx, px0, wo))),
+        (g[:, None], ((upy, downy, py0, ho), (1, 1, 0, wo))),
+    ]
+
+
+def _run_passes(x, passes, bias=None, lrelu=None):
+    """Run the passes (bias fused into the first, lrelu into the last); autograd when needed."""
+    grad = torch.is_grad_enabled() and x.requires_grad
+    if grad and bias is not None:
+        x = x + bias.to(x.dtype).reshape(1, -1, 1, 1)
+        bias = None
+    last = len(passes) - 1
+    for i, (g, geom) in enumerate(passes):
+        act = lrelu if i == last else None
+        if grad:
+            if act is not None:
+                x = cpu_kernels.up_lrelu(x, g, geom, *act)
+            else:
+                x = cpu_kernels.fir2d(x, g, geom)
+        else:
+            x = cpu_kernels.run_nograd(x, g, geom, bias=bias if i == 0 else None, lrelu=act)
+    return x
+
+
 def upfirdn2d(x, f, up, down, padding, flip_filter, gain):
     """Fast upfirdn2d; arguments already parsed (see upfirdn2d.upfirdn2d)."""
+    if _use_kernels(x, f):
+        g = _taps(f, flip_filter, gain, x.dtype)
+        return _run_passes(x, _passes(x, g, up, down, padding))
     upx, upy = up
     downx, downy = down
     px0, px1, py0, py1 = padding
@@ -161,6 +219,10 @@ def filtered_lrelu(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_fil
     clamp(lrelu(v) * gain, c) == gain * clamp(lrelu(v), c / gain)); the clamp is applied before
     the lrelu on the equivalent bounds, and one fused leaky_relu replaces compare/select.
     """
+    if gain > 0 and slope >= 0 and _use_kernels(x, fu, fd):
+        return _filtered_lrelu_kernels(
+            x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter
+        )
     storage = x.untyped_storage().data_ptr()
     if b is not None:
         x = x + b.to(x.dtype).reshape(1, -1, 1, 1)
@@ -187,3 +249,16 @@ def filtered_lrelu(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_fil
     return upfirdn2d(
         x, fd if fd is not None else one, (1, 1), (down, down), (0, 0, 0, 0), flip_filter, down_gain
     )
+
+
+def _filtered_lrelu_kernels(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter):
+    """filtered_lrelu with the compiled kernels: bias fused into the first up pass, the clamped
+    leaky ReLU into the last up pass, the lrelu gain folded into the down taps (gain > 0)."""
+    one = torch.ones([1, 1], dtype=x.dtype)
+    gu = _taps(fu if fu is not None else one, flip_filter, up**2, x.dtype)
+    gd = _taps(fd if fd is not None else one, flip_filter, 1, x.dtype)
+    gd = gd * gain ** (gd.ndim / 2)  # in x's precision, as the reference scales activations
+    lo = -clamp / (gain * slope) if clamp >= 0 and slope > 0 else None
+    hi = clamp / gain if clamp >= 0 else None
+    x = _run_passes(x, _passes(x, gu, (up, up), (1, 1), padding), bias=b, lrelu=(lo, hi, slope))
+    return _run_passes(x, _passes(x, gd, (1, 1), (down, down), (0, 0, 0, 0)))
