@@ -22,9 +22,14 @@ from cellsynth.stylegan3.ops.upfirdn2d import (
 )
 
 
-def _conv(x, w, groups, flip_weight, padding=0, stride=1):
+def _conv(x, w, groups, flip_weight, padding=0, stride=1, fast=False):
     if not flip_weight:
         w = w.flip([2, 3])
+    if fast and groups == 1 and stride == 1:
+        from cellsynth.stylegan3.ops import cpu_fast
+
+        pad = (padding, padding) if isinstance(padding, int) else tuple(padding)
+        return cpu_fast.conv2d(x, w.to(x.dtype), pad)
     return F.conv2d(x, w.to(x.dtype), padding=padding, stride=stride, groups=groups)
 
 
@@ -66,7 +71,7 @@ def _conv2d_resample_fast(x, w, f, up, down, padding, groups, flip_weight, flip_
     kh, kw = w.shape[2:]
     if up == 1 and down == 1:
         if px0 == px1 and py0 == py1 and px0 >= 0 and py0 >= 0:
-            return _conv(x, w, groups, flip_weight, padding=(py0, px0))
+            return _conv(x, w, groups, flip_weight, padding=(py0, px0), fast=True)
         x = upfirdn2d(x, None, padding=[px0, px1, py0, py1], impl="cpu")
         return _conv(x, w, groups, flip_weight)
     if up == 1 and down > 1:

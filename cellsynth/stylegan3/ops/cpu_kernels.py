@@ -36,7 +36,7 @@ MALLOC_ENV = "CELLSYNTH_MALLOC_TUNE"  # "0" leaves glibc's allocator settings al
 # glibc mallopt parameters; see tune_allocator
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _ALLOC_LIMIT = 1 << 30
-ABI_VERSION = 1
+ABI_VERSION = 2
 _STATE: dict = {}
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
@@ -108,7 +108,7 @@ def build() -> ctypes.CDLL:
         fn.argtypes = [p, p, p, p, p, lng, lng, p, p, i, i, i, d, d, d, i]
         fn.restype = i
         fn2 = getattr(lib, f"apply_code_{sfx}")
-        fn2.argtypes = [p, p, p, lng, d, d, d]
+        fn2.argtypes = [p, p, p, lng, d, d, d, i]
         fn2.restype = None
     _STATE["lib"] = lib
     return lib
@@ -257,7 +257,12 @@ def _apply_code(grad, code, table):
     cs = code.permute(0, 2, 3, 1).contiguous()
     out = torch.empty_like(gs)
     getattr(lib, f"apply_code_{_DTYPES[grad.dtype]}")(
-        _ptr(gs), _ptr(cs), _ptr(out), gs.numel(), *(float(v) for v in table)
+        _ptr(gs),
+        _ptr(cs),
+        _ptr(out),
+        gs.numel(),
+        *(float(v) for v in table),
+        torch.get_num_threads(),
     )
     return out.permute(0, 3, 1, 2)
 

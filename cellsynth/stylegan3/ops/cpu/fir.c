@@ -16,6 +16,7 @@
  *
  * Work is split over output rows (n, jh) between `threads` POSIX threads.
  */
+#include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -37,7 +38,15 @@ static void axis_range(const axis_t *a, long j, long *i0, long *i1) {
     *i1 = last + 1;
 }
 
-#define DEFINE_FIR(T, SUFFIX)                                                                      \
+#define BLOCK 8 /* accumulator vectors per channel block */
+
+#define DEFINE_FIR(T, SUFFIX, VT, IT, ITYPE, BT, LANES)                                            \
+    typedef T VT __attribute__((vector_size(sizeof(T) * LANES), aligned(sizeof(T))));           \
+    typedef ITYPE IT __attribute__((vector_size(sizeof(T) * LANES)));                           \
+    typedef uint8_t BT __attribute__((vector_size(LANES)));                                      \
+    static inline VT select_##SUFFIX(IT m, VT a, VT b) {                                       \
+        return (VT)(((IT)a & m) | ((IT)b & ~m));                                               \
+    }                                                                                          \
     typedef struct {                                                                               \
         const T *x;                                                                                \
         T *y;                                                                                      \
@@ -51,63 +60,115 @@ static void axis_range(const axis_t *a, long j, long *i0, long *i1) {
         int ok;                                                                                    \
     } job_##SUFFIX;                                                                                \
                                                                                                    \
+    /* Finish channels [c0, c0 + len) of one output pixel: bias, activation, store. */            \
+    static inline void finish_##SUFFIX(const job_##SUFFIX *jb, T *acc, long c0, long len,         \
+                                       T wsum, T *yp, uint8_t *cp) {                               \
+        if (jb->bias)                                                                              \
+            for (long c = 0; c < len; c++) acc[c] += wsum * jb->bias[c0 + c];                      \
+        if (jb->mode == 1) {                                                                       \
+            const T lo = jb->lo, hi = jb->hi, s = jb->slope;                                       \
+            T *restrict out = yp + c0;                                                             \
+            if (cp) {                                                                              \
+                uint8_t *restrict kp = cp + c0;                                                    \
+                for (long c = 0; c < len; c++) {                                                   \
+                    const T v = acc[c];                                                            \
+                    const T u = v < lo ? lo : (v > hi ? hi : v);                                   \
+                    kp[c] = (v < lo || v > hi) ? 2 : (v > 0 ? 1 : 0);                              \
+                    out[c] = u > 0 ? u : u * s;                                                    \
+                }                                                                                  \
+            } else {                                                                               \
+                for (long c = 0; c < len; c++) {                                                   \
+                    const T v = acc[c];                                                            \
+                    const T u = v < lo ? lo : (v > hi ? hi : v);                                   \
+                    out[c] = u > 0 ? u : u * s;                                                    \
+                }                                                                                  \
+            }                                                                                      \
+        } else {                                                                                   \
+            memcpy(yp + c0, acc, sizeof(T) * (size_t)len);                                         \
+        }                                                                                          \
+    }                                                                                              \
+                                                                                                   \
     static void *fir_rows_##SUFFIX(void *arg) {                                                    \
         job_##SUFFIX *jb = (job_##SUFFIX *)arg;                                                    \
         const long C = jb->c, H = jb->ay.len, W = jb->ax.len;                                      \
         const long Ho = jb->ay.out_len, Wo = jb->ax.out_len, KW = jb->ax.taps;                     \
-        T *acc = (T *)malloc(sizeof(T) * (size_t)C);                                               \
-        if (!acc) return NULL;                                                                     \
+        const long ntaps = (long)jb->ay.taps * KW;                                                 \
+        const T **src = (const T **)malloc(sizeof(T *) * (size_t)ntaps);                           \
+        T *wt = (T *)malloc(sizeof(T) * (size_t)ntaps);                                            \
+        if (!src || !wt) {                                                                         \
+            free(src);                                                                             \
+            free(wt);                                                                              \
+            return NULL;                                                                           \
+        }                                                                                          \
+        VT acc[BLOCK];                                                                             \
+        T tail[LANES * BLOCK];                                                                     \
         for (long row = jb->row0; row < jb->row1; row++) {                                         \
             const long n = row / Ho, jh = row % Ho;                                                \
             long ih0, ih1;                                                                         \
             axis_range(&jb->ay, jh, &ih0, &ih1);                                                   \
+            T *yrow = jb->y + (n * Ho + jh) * Wo * C;                                              \
+            uint8_t *crow = jb->code ? jb->code + (n * Ho + jh) * Wo * C : NULL;                   \
             for (long jw = 0; jw < Wo; jw++) {                                                     \
-                long iw0, iw1;                                                                     \
+                long iw0, iw1, nt = 0;                                                             \
                 axis_range(&jb->ax, jw, &iw0, &iw1);                                               \
-                T *restrict a = acc;                                                               \
-                for (long c = 0; c < C; c++) a[c] = 0;                                             \
                 T wsum = 0;                                                                        \
                 for (long ih = ih0; ih < ih1; ih++) {                                              \
                     const long kh = ih * jb->ay.up + jb->ay.pad0 - jh * jb->ay.down;               \
-                    const T *grow = jb->g + kh * KW;                                               \
                     const T *xrow = jb->x + ((n * H + ih) * W) * C;                                \
                     for (long iw = iw0; iw < iw1; iw++) {                                          \
-                        const T w = grow[iw * jb->ax.up + jb->ax.pad0 - jw * jb->ax.down];         \
-                        const T *restrict xp = xrow + iw * C;                                      \
+                        const T w = jb->g[kh * KW + iw * jb->ax.up + jb->ax.pad0 - jw * jb->ax.down]; \
+                        src[nt] = xrow + iw * C;                                                   \
+                        wt[nt++] = w;                                                              \
                         wsum += w;                                                                 \
-                        for (long c = 0; c < C; c++) a[c] += w * xp[c];                            \
                     }                                                                              \
                 }                                                                                  \
-                if (jb->bias) {                                                                    \
-                    const T *restrict b = jb->bias;                                                \
-                    for (long c = 0; c < C; c++) a[c] += wsum * b[c];                              \
-                }                                                                                  \
-                T *restrict yp = jb->y + ((n * Ho + jh) * Wo + jw) * C;                            \
-                if (jb->mode == 1) {                                                               \
-                    const T lo = jb->lo, hi = jb->hi, s = jb->slope;                               \
-                    const int has_lo = jb->has_lo, has_hi = jb->has_hi;                            \
-                    uint8_t *restrict cp =                                                         \
-                        jb->code ? jb->code + ((n * Ho + jh) * Wo + jw) * C : NULL;                \
-                    for (long c = 0; c < C; c++) {                                                 \
-                        T v = a[c];                                                                \
-                        uint8_t k = v > 0 ? 1 : 0;                                                 \
-                        if (has_lo && v < lo) {                                                    \
-                            v = lo;                                                                \
-                            k = 2;                                                                 \
-                        }                                                                          \
-                        if (has_hi && v > hi) {                                                    \
-                            v = hi;                                                                \
-                            k = 2;                                                                 \
-                        }                                                                          \
-                        yp[c] = v > 0 ? v : v * s;                                                 \
-                        if (cp) cp[c] = k;                                                         \
+                T *yp = yrow + jw * C;                                                             \
+                uint8_t *cp = crow ? crow + jw * C : NULL;                                         \
+                long c0 = 0;                                                                       \
+                for (; c0 + LANES * BLOCK <= C; c0 += LANES * BLOCK) {                             \
+                    for (int b = 0; b < BLOCK; b++) acc[b] = (VT){0};                              \
+                    for (long t = 0; t < nt; t++) {                                                \
+                        const T *p = src[t] + c0;                                                  \
+                        const T w = wt[t];                                                         \
+                        for (int b = 0; b < BLOCK; b++) acc[b] += w * *(const VT *)(p + b * LANES); \
                     }                                                                              \
-                } else {                                                                           \
-                    memcpy(yp, a, sizeof(T) * (size_t)C);                                          \
+                    for (int b = 0; b < BLOCK; b++) {                                              \
+                        const long cb = c0 + b * LANES;                                            \
+                        VT v = acc[b];                                                             \
+                        if (jb->bias) v += wsum * *(const VT *)(jb->bias + cb);                    \
+                        if (jb->mode == 1) {                                                       \
+                            const VT vlo = (VT){0} + jb->lo, vhi = (VT){0} + jb->hi;               \
+                            const IT mlo = v < vlo, mhi = v > vhi;                                 \
+                            const VT u = select_##SUFFIX(mlo, vlo, select_##SUFFIX(mhi, vhi, v));  \
+                            const IT pos = u > (VT){0};                                            \
+                            v = select_##SUFFIX(pos, u, u * jb->slope);                            \
+                            if (cp) {                                                              \
+                                const IT clamped = mlo | mhi;                                      \
+                                const IT k = (clamped & 2) | (~clamped & pos & 1);                 \
+                                const BT kb = __builtin_convertvector(k, BT);                      \
+                                memcpy(cp + cb, &kb, LANES);                                       \
+                            }                                                                      \
+                        }                                                                          \
+                        *(VT *)(yp + cb) = v;                                                      \
+                    }                                                                              \
+                }                                                                                  \
+                for (; c0 + LANES <= C; c0 += LANES) {                                             \
+                    VT a = {0};                                                                    \
+                    for (long t = 0; t < nt; t++) a += wt[t] * *(const VT *)(src[t] + c0);         \
+                    memcpy(tail, &a, sizeof(a));                                                   \
+                    finish_##SUFFIX(jb, tail, c0, LANES, wsum, yp, cp);                            \
+                }                                                                                  \
+                if (c0 < C) {                                                                      \
+                    const long len = C - c0;                                                       \
+                    for (long c = 0; c < len; c++) tail[c] = 0;                                    \
+                    for (long t = 0; t < nt; t++)                                                  \
+                        for (long c = 0; c < len; c++) tail[c] += wt[t] * src[t][c0 + c];          \
+                    finish_##SUFFIX(jb, tail, c0, len, wsum, yp, cp);                              \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
-        free(acc);                                                                                 \
+        free(src);                                                                                 \
+        free(wt);                                                                                  \
         jb->ok = 1;                                                                                \
         return NULL;                                                                               \
     }                                                                                              \
@@ -126,7 +187,8 @@ static void axis_range(const axis_t *a, long j, long *i0, long *i1) {
         for (int t = 0; t < threads; t++) {                                                        \
             job_##SUFFIX jb = {x, y, g, bias, code, n, c, rows * t / threads,                      \
                                rows * (t + 1) / threads, ay, ax, mode, has_lo, has_hi,             \
-                               (T)lo, (T)hi, (T)slope, 0};                                         \
+                               has_lo ? (T)lo : -(T)INFINITY, has_hi ? (T)hi : (T)INFINITY,        \
+                               (T)slope, 0};                                         \
             jobs[t] = jb;                                                                          \
         }                                                                                          \
         int started = 0;                                                                           \
@@ -142,17 +204,49 @@ static void axis_range(const axis_t *a, long j, long *i0, long *i1) {
         return 0;                                                                                  \
     }                                                                                              \
                                                                                                    \
+    typedef struct {                                                                               \
+        const T *grad;                                                                             \
+        const uint8_t *code;                                                                       \
+        T *out;                                                                                    \
+        long i0, i1;                                                                               \
+        T v0, v1, v2;                                                                              \
+    } code_job_##SUFFIX;                                                                           \
+                                                                                                   \
+    static void *apply_code_part_##SUFFIX(void *arg) {                                             \
+        const code_job_##SUFFIX *jb = (const code_job_##SUFFIX *)arg;                              \
+        const T *restrict g = jb->grad;                                                            \
+        const uint8_t *restrict k = jb->code;                                                      \
+        T *restrict o = jb->out;                                                                   \
+        const T v0 = jb->v0, v1 = jb->v1, v2 = jb->v2;                                             \
+        for (long i = jb->i0; i < jb->i1; i++)                                                     \
+            o[i] = g[i] * (k[i] == 1 ? v1 : (k[i] == 0 ? v0 : v2));                                \
+        return NULL;                                                                               \
+    }                                                                                              \
+                                                                                                   \
     void apply_code_##SUFFIX(const T *grad, const uint8_t *code, T *out, long count, double t0,    \
-                             double t1, double t2) {                                               \
-        const T v0 = (T)t0, v1 = (T)t1, v2 = (T)t2;                                                \
-        for (long i = 0; i < count; i++) {                                                         \
-            const uint8_t k = code[i];                                                             \
-            out[i] = grad[i] * (k == 1 ? v1 : (k == 0 ? v0 : v2));                                 \
+                             double t1, double t2, int threads) {                                  \
+        code_job_##SUFFIX jobs[64];                                                                \
+        pthread_t tid[64];                                                                         \
+        if (threads < 1) threads = 1;                                                              \
+        if (threads > 64) threads = 64;                                                            \
+        if (count < 65536) threads = 1;                                                            \
+        for (int t = 0; t < threads; t++) {                                                        \
+            code_job_##SUFFIX jb = {grad, code, out, count * t / threads,                          \
+                                    count * (t + 1) / threads, (T)t0, (T)t1, (T)t2};               \
+            jobs[t] = jb;                                                                          \
         }                                                                                          \
+        int started = 0;                                                                           \
+        for (int t = 1; t < threads; t++) {                                                        \
+            if (pthread_create(&tid[t], NULL, apply_code_part_##SUFFIX, &jobs[t]) != 0) break;     \
+            started = t;                                                                           \
+        }                                                                                          \
+        for (int t = started + 1; t < threads; t++) apply_code_part_##SUFFIX(&jobs[t]);            \
+        apply_code_part_##SUFFIX(&jobs[0]);                                                        \
+        for (int t = 1; t <= started; t++) pthread_join(tid[t], NULL);                             \
     }
 
-DEFINE_FIR(float, f32)
-DEFINE_FIR(double, f64)
+DEFINE_FIR(float, f32, vf32_t, vi32_t, int32_t, vb16_t, 16)
+DEFINE_FIR(double, f64, vf64_t, vi64_t, int64_t, vb8_t, 8)
 
 /* ABI version, checked by the loader. */
-int cellsynth_fir_version(void) { return 1; }
+int cellsynth_fir_version(void) { return 2; }
