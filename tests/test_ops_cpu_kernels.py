@@ -23,6 +23,16 @@ needs_cc = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(params=["kernels", "torch"])
+def backend(request, monkeypatch):
+    """Run a test with the compiled kernels and again with the pure-PyTorch fallback."""
+    if request.param == "torch":
+        monkeypatch.setenv(cpu_kernels.DISABLE_ENV, "0")
+    elif cpu_kernels._compiler() is None:
+        pytest.skip("no C compiler")
+    return request.param
+
+
 @pytest.fixture
 def no_kernels(monkeypatch):
     monkeypatch.setenv(cpu_kernels.DISABLE_ENV, "0")
@@ -84,12 +94,7 @@ def test_compile_error_carries_the_log(tmp_path, monkeypatch):
     assert not list((tmp_path / "cache").glob("cpu-fir-*/fir.so"))
 
 
-@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "torch"])
-def test_upfirdn2d_fast_both_backends_against_loops(kernels, monkeypatch):
-    if not kernels:
-        monkeypatch.setenv(cpu_kernels.DISABLE_ENV, "0")
-    elif cpu_kernels._compiler() is None:
-        pytest.skip("no C compiler")
+def test_upfirdn2d_fast_both_backends_against_loops(backend):
     gen = torch.Generator().manual_seed(7)
     for f, up, down, pad, h, w, flip, gain in _random_upfirdn_cases(40, seed=11):
         x = torch.randn(2, 5, h, w, generator=gen, dtype=torch.float64)
@@ -141,14 +146,9 @@ def test_results_do_not_depend_on_the_thread_count():
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 
-@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "torch"])
-def test_filtered_lrelu_float64_against_composition_and_ref_grads(kernels, monkeypatch):
-    if not kernels:
-        monkeypatch.setenv(cpu_kernels.DISABLE_ENV, "0")
-    elif cpu_kernels._compiler() is None:
-        pytest.skip("no C compiler")
+def test_filtered_lrelu_float64_against_composition_and_ref_grads(backend):
     # the kernels scale by the lrelu gain in float64; the fallback folds it into float32 taps
-    tol = 1e-9 if kernels else 1e-6
+    tol = 1e-9 if backend == "kernels" else 1e-6
     gen = torch.Generator().manual_seed(5)
     cases = _random_flrelu_cases(20, seed=21)
     for fu, fd, up, down, pad, h, w, gain, slope, clamp, flip in cases:
@@ -239,3 +239,50 @@ def test_allocator_tuning_is_idempotent_and_can_be_turned_off(monkeypatch):
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no cc")
 def test_disable_env_turns_kernels_off(no_kernels):
     assert not cpu_kernels.supports(torch.randn(1, 1, 4, 4))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("kernel", [(3, 3), (3, 1), (2, 4)])
+def test_fast_conv_backward_matches_torch(layout, kernel):
+    from cellsynth.stylegan3.ops import cpu_fast
+
+    gen = torch.Generator().manual_seed(sum(kernel))
+    kh, kw = kernel
+    x = torch.randn(3, 5, 9, 11, generator=gen)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    w = torch.randn(7, 5, kh, kw, generator=gen, requires_grad=True)
+    pad = (kh - 1, kw - 1)
+    y = cpu_fast.conv2d(x, w, pad)
+    assert type(y.grad_fn).__name__ == "_Conv2dBackward"
+    y_ref = torch.nn.functional.conv2d(x, w, padding=pad)
+    torch.testing.assert_close(y, y_ref)
+    dy = torch.randn(y.shape, generator=gen, requires_grad=True)
+    got = torch.autograd.grad(y, (x, w), dy, create_graph=True)
+    ref = torch.autograd.grad(y_ref, (x, w), dy, create_graph=True)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # second order (what R1 needs if a discriminator ever used it): d/d(dy, x, w) of |grads|^2
+    loss_got = sum((g * g).sum() for g in got)
+    loss_ref = sum((g * g).sum() for g in ref)
+    got2 = torch.autograd.grad(loss_got, (dy, w))
+    ref2 = torch.autograd.grad(loss_ref, (dy, w))
+    for a, b in zip(got2, ref2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+
+
+def test_fast_conv_only_takes_the_full_padding_case():
+    from cellsynth.stylegan3.ops import cpu_fast
+
+    x = torch.randn(1, 2, 6, 6, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, requires_grad=True)
+    assert type(cpu_fast.conv2d(x, w, (1, 1)).grad_fn).__name__ != "_Conv2dBackward"
+    assert type(cpu_fast.conv2d(x, w[:, :, :1, :1], (0, 0)).grad_fn).__name__ != "_Conv2dBackward"
+    assert type(cpu_fast.conv2d(x.double(), w.double(), (2, 2)).grad_fn).__name__ != (
+        "_Conv2dBackward"
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(
+            cpu_fast.conv2d(x, w, (2, 2)), torch.nn.functional.conv2d(x, w, padding=2)
+        )

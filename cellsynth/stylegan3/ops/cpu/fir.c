@@ -3,8 +3,11 @@
  * Tensors are channels-last: x [N, H, W, C], y [N, Ho, Wo, C], contiguous. Along each axis the
  * output sample j reads input sample i with the tap k = i * up + pad0 - j * down (0 <= k < K),
  * which is upsample-by-zero-insertion, pad, correlate with the taps g and keep every down-th
- * sample, without ever touching the inserted zeros or the dropped samples. The innermost loop
- * runs over the C contiguous channels, so it vectorises.
+ * sample, without ever touching the inserted zeros or the dropped samples. For each output pixel
+ * the list of (input pixel, tap) pairs is built once; then blocks of 8 SIMD vectors of channels
+ * (128 floats with AVX-512) accumulate over that list in registers, in the order of the list, and
+ * the epilogue below runs on the registers before one store. GCC/Clang vector extensions: the
+ * same source compiles to AVX-512, AVX2 or NEON (-march=native).
  *
  * Optional extras, all fused into the same pass:
  *   bias   [C]: added to every input sample read (the padding stays zero), as x + b before
@@ -39,6 +42,28 @@ static void axis_range(const axis_t *a, long j, long *i0, long *i1) {
 }
 
 #define BLOCK 8 /* accumulator vectors per channel block */
+#define MAX_THREADS 64
+
+/* Run fn on jobs[0..threads) (each `size` bytes), jobs 1.. on new threads, job 0 here; a job
+ * whose thread cannot be started runs here too. */
+static void run_jobs(void *(*fn)(void *), char *jobs, size_t size, int threads) {
+    pthread_t tid[MAX_THREADS];
+    int started = 0;
+    for (int t = 1; t < threads; t++) {
+        if (pthread_create(&tid[t], NULL, fn, jobs + size * (size_t)t) != 0) break;
+        started = t;
+    }
+    for (int t = started + 1; t < threads; t++) fn(jobs + size * (size_t)t);
+    fn(jobs);
+    for (int t = 1; t <= started; t++) pthread_join(tid[t], NULL);
+}
+
+static int clamp_threads(int threads, long units) {
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > units) threads = (int)(units > 0 ? units : 1);
+    return threads;
+}
 
 #define DEFINE_FIR(T, SUFFIX, VT, IT, ITYPE, BT, LANES)                                            \
     typedef T VT __attribute__((vector_size(sizeof(T) * LANES), aligned(sizeof(T))));           \
@@ -176,14 +201,11 @@ static void axis_range(const axis_t *a, long j, long *i0, long *i1) {
     int fir2d_##SUFFIX(const T *x, T *y, const T *g, const T *bias, uint8_t *code, long n,         \
                        long c, const int *yaxis, const int *xaxis, int mode, int has_lo,           \
                        int has_hi, double lo, double hi, double slope, int threads) {              \
-        job_##SUFFIX jobs[64];                                                                     \
-        pthread_t tid[64];                                                                         \
+        job_##SUFFIX jobs[MAX_THREADS];                                                            \
         axis_t ay = {yaxis[0], yaxis[1], yaxis[2], yaxis[3], yaxis[4], yaxis[5]};                  \
         axis_t ax = {xaxis[0], xaxis[1], xaxis[2], xaxis[3], xaxis[4], xaxis[5]};                  \
         long rows = n * ay.out_len;                                                                \
-        if (threads < 1) threads = 1;                                                              \
-        if (threads > 64) threads = 64;                                                            \
-        if (threads > rows) threads = (int)(rows > 0 ? rows : 1);                                  \
+        threads = clamp_threads(threads, rows);                                                    \
         for (int t = 0; t < threads; t++) {                                                        \
             job_##SUFFIX jb = {x, y, g, bias, code, n, c, rows * t / threads,                      \
                                rows * (t + 1) / threads, ay, ax, mode, has_lo, has_hi,             \
@@ -191,14 +213,7 @@ static void axis_range(const axis_t *a, long j, long *i0, long *i1) {
                                (T)slope, 0};                                         \
             jobs[t] = jb;                                                                          \
         }                                                                                          \
-        int started = 0;                                                                           \
-        for (int t = 1; t < threads; t++) {                                                        \
-            if (pthread_create(&tid[t], NULL, fir_rows_##SUFFIX, &jobs[t]) != 0) break;            \
-            started = t;                                                                           \
-        }                                                                                          \
-        for (int t = started + 1; t < threads; t++) fir_rows_##SUFFIX(&jobs[t]);                   \
-        fir_rows_##SUFFIX(&jobs[0]);                                                               \
-        for (int t = 1; t <= started; t++) pthread_join(tid[t], NULL);                             \
+        run_jobs(fir_rows_##SUFFIX, (char *)jobs, sizeof(jobs[0]), threads);                      \
         for (int t = 0; t < threads; t++)                                                          \
             if (!jobs[t].ok) return 1;                                                             \
         return 0;                                                                                  \
@@ -225,24 +240,14 @@ static void axis_range(const axis_t *a, long j, long *i0, long *i1) {
                                                                                                    \
     void apply_code_##SUFFIX(const T *grad, const uint8_t *code, T *out, long count, double t0,    \
                              double t1, double t2, int threads) {                                  \
-        code_job_##SUFFIX jobs[64];                                                                \
-        pthread_t tid[64];                                                                         \
-        if (threads < 1) threads = 1;                                                              \
-        if (threads > 64) threads = 64;                                                            \
-        if (count < 65536) threads = 1;                                                            \
+        code_job_##SUFFIX jobs[MAX_THREADS];                                                       \
+        threads = clamp_threads(threads, count / 65536); /* small passes: one thread */            \
         for (int t = 0; t < threads; t++) {                                                        \
             code_job_##SUFFIX jb = {grad, code, out, count * t / threads,                          \
                                     count * (t + 1) / threads, (T)t0, (T)t1, (T)t2};               \
             jobs[t] = jb;                                                                          \
         }                                                                                          \
-        int started = 0;                                                                           \
-        for (int t = 1; t < threads; t++) {                                                        \
-            if (pthread_create(&tid[t], NULL, apply_code_part_##SUFFIX, &jobs[t]) != 0) break;     \
-            started = t;                                                                           \
-        }                                                                                          \
-        for (int t = started + 1; t < threads; t++) apply_code_part_##SUFFIX(&jobs[t]);            \
-        apply_code_part_##SUFFIX(&jobs[0]);                                                        \
-        for (int t = 1; t <= started; t++) pthread_join(tid[t], NULL);                             \
+        run_jobs(apply_code_part_##SUFFIX, (char *)jobs, sizeof(jobs[0]), threads);               \
     }
 
 DEFINE_FIR(float, f32, vf32_t, vi32_t, int32_t, vb16_t, 16)
