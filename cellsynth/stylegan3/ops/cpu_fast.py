@@ -108,27 +108,20 @@ def _use_kernels(x, *filters):
     return cpu_kernels.supports(x)
 
 
-def _out_len(length, up, down, pad0, pad1, taps):
-    return (length * up + pad0 + pad1 - taps) // down + 1
-
-
 def _passes(x, g, up, down, padding):
     """The kernel passes of one upfirdn2d: [(taps [KH, KW], geometry), ...] for input x.
 
     A 1-D (separable) filter gives a pass along W then one along H; a 2-D filter one pass.
     """
+    from cellsynth.stylegan3.ops.upfirdn2d import _output_size
+
     upx, upy = up
     downx, downy = down
-    px0, px1, py0, py1 = padding
-    h, w = x.shape[2], x.shape[3]
+    px0, _, py0, _ = padding
+    h = x.shape[2]
+    ho, wo = _output_size(x, g, up, down, padding)
     if g.ndim == 2:
-        kh, kw = g.shape
-        ho = _out_len(h, upy, downy, py0, py1, kh)
-        wo = _out_len(w, upx, downx, px0, px1, kw)
         return [(g, ((upy, downy, py0, ho), (upx, downx, px0, wo)))]
-    k = g.shape[0]
-    wo = _out_len(w, upx, downx, px0, px1, k)
-    ho = _out_len(h, upy, downy, py0, py1, k)
     return [
         (g[None, :], ((1, 1, 0, h), (upx, downx, px0, wo))),
         (g[:, None], ((upy, downy, py0, ho), (1, 1, 0, wo))),
@@ -204,12 +197,15 @@ class _ClampLeakyReLU(torch.autograd.Function):
     def backward(ctx, grad):
         (code,) = ctx.saved_tensors
         table = torch.tensor([ctx.slope, 1.0, 0.0], dtype=grad.dtype, device=grad.device)
-        return grad * _lookup(table, code), None, None, None
+        return grad * cpu_kernels.lookup_code(table, code), None, None, None
 
 
-def _lookup(table, code):
-    """table[code] for a uint8 code tensor (three values), without int64 temporaries."""
-    return torch.where(code == 1, table[1], torch.where(code == 0, table[0], table[2]))
+def _clamp_bounds(clamp, gain, slope):
+    """Bounds (lo, hi) on the pre-activation equal to clamping gain * lrelu(v) to +-clamp
+    (gain > 0, slope >= 0); None for an open side."""
+    lo = -clamp / (gain * slope) if clamp >= 0 and slope > 0 else None
+    hi = clamp / gain if clamp >= 0 else None
+    return lo, hi
 
 
 def filtered_lrelu(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter):
@@ -235,15 +231,12 @@ def filtered_lrelu(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_fil
         if clamp >= 0:
             x = x.clamp(-clamp, clamp)
     elif torch.is_grad_enabled() and x.requires_grad:
-        lo = -clamp / (gain * slope) if clamp >= 0 and slope > 0 else None
-        hi = clamp / gain if clamp >= 0 else None
-        x = _ClampLeakyReLU.apply(x, lo, hi, slope)
+        x = _ClampLeakyReLU.apply(x, *_clamp_bounds(clamp, gain, slope), slope)
     else:  # no autograd: update our own temporary in place (no new large buffers)
         if x.untyped_storage().data_ptr() == storage:
             x = x.clone()  # never modify the caller's tensor
         if clamp >= 0:
-            lo = -clamp / (gain * slope) if slope > 0 else None
-            x.clamp_(lo, clamp / gain)
+            x.clamp_(*_clamp_bounds(clamp, gain, slope))
         if slope != 1:
             F.leaky_relu_(x, slope)
     return upfirdn2d(
@@ -258,8 +251,7 @@ def _filtered_lrelu_kernels(x, fu, fd, b, up, down, padding, gain, slope, clamp,
     gu = _taps(fu if fu is not None else one, flip_filter, up**2, x.dtype)
     gd = _taps(fd if fd is not None else one, flip_filter, 1, x.dtype)
     gd = gd * gain ** (gd.ndim / 2)  # in x's precision, as the reference scales activations
-    lo = -clamp / (gain * slope) if clamp >= 0 and slope > 0 else None
-    hi = clamp / gain if clamp >= 0 else None
+    lo, hi = _clamp_bounds(clamp, gain, slope)
     x = _run_passes(x, _passes(x, gu, (up, up), (1, 1), padding), bias=b, lrelu=(lo, hi, slope))
     return _run_passes(x, _passes(x, gd, (1, 1), (down, down), (0, 0, 0, 0)))
 

@@ -247,11 +247,15 @@ def fir2d(x, g, geom):
     return _Fir2d.apply(x, g, geom)
 
 
+def lookup_code(table, code):
+    """table[code] for a uint8 code tensor (three values), without int64 temporaries."""
+    return torch.where(code == 1, table[1], torch.where(code == 0, table[0], table[2]))
+
+
 def _apply_code(grad, code, table):
     """grad * table[code] (table = (slope, 1, 0)): one fused pass without autograd."""
     if torch.is_grad_enabled():
-        t = torch.tensor(table, dtype=grad.dtype)
-        return grad * torch.where(code == 1, t[1], torch.where(code == 0, t[0], t[2]))
+        return grad * lookup_code(torch.tensor(table, dtype=grad.dtype), code)
     lib = build()
     gs = _nhwc(grad)
     cs = code.permute(0, 2, 3, 1).contiguous()
