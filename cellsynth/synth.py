@@ -10,7 +10,8 @@ Gaussian puncta, and write. The output folder ``OUT`` is a canonical split folde
     OUT/spots/seedNNNNNN.csv      x,y,cell_id,intensity of every punctum
     OUT/annotations.json          COCO instances, one RLE per cell
     OUT/manifest.json             version, checkpoint sha256s, every option, every seed
-    OUT/synth_options.json        the options (checked by --resume and --shard)
+    OUT/synth_options.json        the options and seeds (checked by --resume and --shard)
+    OUT/.cellsynth.lock           while a run writes OUT (see :mod:`cellsynth.lock`)
 
 The files of one sample are written completely under ``OUT/.partial`` and then renamed into
 place, mask last, so a sample exists only when its mask does; ``resume`` skips those. Shards
@@ -18,10 +19,18 @@ place, mask last, so a sample exists only when its mask does; ``resume`` skips t
 ``annotations.shard-i-of-n.json``; :func:`merge_shards` joins them into the final files, which
 are byte-identical to those of a single run. Decoding, rendering, puncta and writing run in
 worker processes while the main process drives the GAN(s), batch by batch.
+
+One run writes ``OUT`` at a time: it holds ``OUT/.cellsynth.lock`` (a shard holds
+``OUT/.cellsynth.shard-i-of-n.lock``, so the shards of one run may write together), and a second
+run stops with one line. ``--resume`` and ``--shard`` continue the seed list the folder was
+started with and refuse another one (so manifest.json and annotations.json always list every
+sample on disk); more seeds go into a new folder. A run that fails before its first sample is
+complete removes the folder it created.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -34,8 +43,9 @@ from pathlib import Path
 import numpy as np
 
 from cellsynth import __version__
-from cellsynth.atomic import write_text
+from cellsynth.atomic import check_folder_target, output_folder, write_text
 from cellsynth.errors import CellsynthError, require
+from cellsynth.lock import LOCK_NAME, describe, holder, lock_folder
 from cellsynth.tools.parse import MAX_SEED, parse_seeds  # noqa: F401 (re-exported)
 
 BORDER = ("keep", "drop")
@@ -523,13 +533,11 @@ def synth(
     Returns:
         summary dict: written, skipped, seconds, per-stage seconds, paths.
     """
-    from tqdm import tqdm
-
     from cellsynth.tools.combine import MODES
     from cellsynth.tools.points import INTENSITIES, SPREADS
 
     t_start = time.perf_counter()
-    out = Path(out)
+    out = check_folder_target(out)
     seed_list = parse_seeds(seeds)
     shard = parse_shard(shard)
     masks_kind, masks_path = _source(masks, "masks")
@@ -715,39 +723,157 @@ def synth(
         )
     run = {"options": options, "checkpoints": checkpoints}
 
-    # --- the output folder
-    opts_text = _dumps(
-        {
-            "format": "cellsynth-synth-options",
-            **run,
-            "options": {k: v for k, v in options.items() if k != "seeds"},
-        }
-    )
-    existing = out.exists() and any(out.iterdir())
-    if existing and not (resume or overwrite or shard):
-        raise CellsynthError(
-            f"{out} already exists; pass --resume to continue it, or --overwrite to replace it"
+    # --- the output folder: created (and removed again if this run fails before a sample is
+    # complete), then locked for as long as this run writes it
+    opts_doc = {
+        "format": "cellsynth-synth-options",
+        **run,
+        "options": {k: v for k, v in options.items() if k != "seeds"},
+        "seeds": options["seeds"],
+    }
+    lock_name = LOCK_NAME if shard is None else f".cellsynth.shard-{shard[0]}-of-{shard[1]}.lock"
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(output_folder(out, keep=_has_samples))
+        stack.enter_context(lock_folder(out, "synth", lock_name))
+        _check_other_locks(out, lock_name)
+        existing = any(not _is_lock(p.name) for p in out.iterdir())
+        if existing and not (resume or overwrite or shard):
+            raise CellsynthError(
+                f"{out} already exists; pass --resume to continue it, or --overwrite to replace it"
+            )
+        if existing and overwrite:
+            if not (out / OPTIONS_FILE).is_file():
+                raise CellsynthError(
+                    f"{out}: not a `cellsynth synth` output (no {OPTIONS_FILE}); "
+                    "refusing to delete it, choose another --out"
+                )
+            for p in out.iterdir():
+                if p.name == lock_name:
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+            existing = False
+        if existing:
+            _check_resumable(out, opts_doc, seed_list)
+        for sub in ("images", "masks", "spots", PARTIAL):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        if not (out / OPTIONS_FILE).is_file():
+            write_text(out / OPTIONS_FILE, _dumps(opts_doc))
+        return _generate(
+            out,
+            plan,
+            run,
+            seed_list,
+            shard,
+            generator,
+            translator,
+            spot_translator,
+            trunc=trunc,
+            class_idx=class_idx,
+            noise_mode=noise_mode,
+            batch=batch,
+            workers=workers,
+            resume=resume,
+            progress=progress,
+            t_start=t_start,
         )
-    if existing and overwrite:
-        if not (out / OPTIONS_FILE).is_file():
+
+
+def _is_lock(name: str) -> bool:
+    return name.startswith(".cellsynth.") and name.endswith(".lock")
+
+
+def _has_samples(out: Path) -> bool:
+    """Whether ``out`` holds a complete sample (worth keeping for --resume after a failure)."""
+    return any((out / "masks").glob("seed*.tif"))
+
+
+def _check_other_locks(out: Path, mine: str) -> None:
+    """A whole run and shard runs exclude each other (shards of one run may run together)."""
+    names = [LOCK_NAME] if mine != LOCK_NAME else [p.name for p in out.glob(".cellsynth.*.lock")]
+    for name in names:
+        if name == mine:
+            continue
+        doc = holder(out, name)
+        if doc is not None:
             raise CellsynthError(
-                f"{out}: not a `cellsynth synth` output (no {OPTIONS_FILE}); "
-                "refusing to delete it, choose another --out"
+                f"{out} is in use by {describe(doc)} (lock {name}); wait for it to finish, or "
+                f"delete {out / name} if no run is using the folder"
             )
-        shutil.rmtree(out)
-        existing = False
-    if existing:
-        if not (out / OPTIONS_FILE).is_file():
-            raise CellsynthError(f"{out}: not a `cellsynth synth` output (no {OPTIONS_FILE})")
-        if (out / OPTIONS_FILE).read_text() != opts_text:
+
+
+def _check_resumable(out: Path, opts_doc: dict, seed_list: list[int]) -> None:
+    """Refuse to continue ``out`` with other options, checkpoints or seeds than it was made with.
+
+    The seed list must be the one the folder was started with, so that manifest.json and
+    annotations.json always list every sample on disk.
+    """
+    path = out / OPTIONS_FILE
+    if not path.is_file():
+        raise CellsynthError(f"{out}: not a `cellsynth synth` output (no {OPTIONS_FILE})")
+    try:
+        prev = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CellsynthError(f"{path}: not valid JSON ({exc}); use a new --out") from None
+    if not isinstance(prev, dict):
+        raise CellsynthError(f"{path}: not a `cellsynth synth` options file; use a new --out")
+    recorded = prev.pop("seeds", None)  # folders of earlier versions do not record them
+    if _dumps(prev) != _dumps({k: v for k, v in opts_doc.items() if k != "seeds"}):
+        raise CellsynthError(
+            f"{out}: was made with other options or checkpoints (see {OPTIONS_FILE}); use "
+            "the same options to resume, or a new --out"
+        )
+    given = opts_doc["seeds"]
+    if recorded is not None:
+        try:
+            same = parse_seeds(recorded) == seed_list
+        except CellsynthError:
+            same = False
+        if not same:
             raise CellsynthError(
-                f"{out}: was made with other options or checkpoints (see {OPTIONS_FILE}); use "
-                "the same options to resume, or a new --out"
+                f"{out}: was started with --seeds {_clip(recorded)}, not {_clip(given)}; "
+                "--resume and --shard continue the same seed list (make other seeds in a new "
+                "--out)"
             )
-    for sub in ("images", "masks", "spots", PARTIAL):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    if not (out / OPTIONS_FILE).is_file():
-        write_text(out / OPTIONS_FILE, opts_text)
+    wanted = {sample_name(s) for s in seed_list}
+    on_disk = {p.stem for sub in ("images", "masks", "spots") for p in (out / sub).glob("seed*")}
+    extra = sorted(on_disk - wanted)
+    if extra:
+        raise CellsynthError(
+            f"{out}: holds samples of seeds outside --seeds {_clip(given)} "
+            f"({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}); resume with the seed "
+            "list the folder was started with, or use a new --out"
+        )
+
+
+def _clip(text, n: int = 40) -> str:
+    text = str(text)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _generate(
+    out: Path,
+    plan: dict,
+    run: dict,
+    seed_list: list[int],
+    shard,
+    generator,
+    translator,
+    spot_translator,
+    *,
+    trunc,
+    class_idx,
+    noise_mode,
+    batch: int,
+    workers: int,
+    resume: bool,
+    progress: bool,
+    t_start: float,
+) -> dict:
+    """The work of :func:`synth` once its output folder is ready and locked."""
+    from tqdm import tqdm
 
     seed_index = {s: i for i, s in enumerate(seed_list)}
     if generator is not None:
@@ -896,10 +1022,16 @@ def merge_shards(out) -> dict:
     """Join ``manifest.shard-i-of-N.json`` / ``annotations.shard-i-of-N.json`` (all N shards) in
     ``out`` into ``manifest.json`` and ``annotations.json``, as one run would have written them.
 
-    Returns a summary dict (shards, count).
+    Returns a summary dict (shards, count). Holds the folder's lock while it writes.
     """
     out = Path(out)
     require(out.is_dir(), f"{out}: no such folder")
+    with lock_folder(out, "synth merge"):
+        _check_other_locks(out, LOCK_NAME)
+        return _merge_shards(out)
+
+
+def _merge_shards(out: Path) -> dict:
     found = {}
     for p in out.glob("manifest.shard-*-of-*.json"):
         m = re.fullmatch(r"manifest\.shard-(\d+)-of-(\d+)\.json", p.name)

@@ -125,7 +125,7 @@ def _tiny_flags(cmd: str, tiny_bench: Path) -> list[str]:
 
 def _resolve(arg: str, work: Path) -> str:
     """Replace run-dependent snapshot paths by the snapshot that exists."""
-    m = re.search(r"(runs/[^:]*?)/\d{5}-[^/]+/network-snapshot-\d+\.pt", arg)
+    m = re.search(r"(runs/[^:]*?)/\d{5}-[^/]+/network-snapshot-[\d.]+\.pt", arg)
     if not m:
         return arg
     found = sorted((work / m.group(1)).glob("*/network-snapshot-*.pt"))

@@ -198,8 +198,8 @@ def test_resume_gives_identical_steps(fbd_zip, tmp_path):
     common = dict(cfg="stylegan2", aug="fixed", p=0.5, tick=0.008, snap=1)
     whole = train(**{**TINY, **common}, data=str(fbd_zip), outdir=str(tmp_path / "a"), kimg=0.024)
     first = train(**{**TINY, **common}, data=str(fbd_zip), outdir=str(tmp_path / "b"), kimg=0.012)
-    snap = first / "network-snapshot-000000.pt"
-    assert snap.is_file()
+    snap = first / "network-snapshot-000000.012.pt"
+    assert snap.is_file() and (first / "network-snapshot-000000.008.pt").is_file()
     second = train(
         **{**TINY, **common},
         data=str(fbd_zip),
@@ -207,8 +207,9 @@ def test_resume_gives_identical_steps(fbd_zip, tmp_path):
         kimg=0.024,
         resume="latest",
     )
-    a = torch.load(whole / "network-snapshot-000000.pt", weights_only=True)
-    b = torch.load(second / "network-snapshot-000000.pt", weights_only=True)
+    assert second == first  # resume continues in the same run folder
+    a = torch.load(whole / "network-snapshot-000000.024.pt", weights_only=True)
+    b = torch.load(second / "network-snapshot-000000.024.pt", weights_only=True)
     assert b["counters"]["cur_nimg"] == a["counters"]["cur_nimg"] == 24
     assert a["sampler"] == b["sampler"]
     assert a["counters"]["batch_idx"] == b["counters"]["batch_idx"] == 6
@@ -219,7 +220,7 @@ def test_resume_gives_identical_steps(fbd_zip, tmp_path):
     c = train(
         **{**TINY, **common}, data=str(fbd_zip), outdir=str(tmp_path / "c"), kimg=0.024, seed=1
     )
-    c = torch.load(c / "network-snapshot-000000.pt", weights_only=True)
+    c = torch.load(c / "network-snapshot-000000.024.pt", weights_only=True)
     assert any(not torch.equal(v, c["G"][k]) for k, v in a["G"].items())
 
 
@@ -244,9 +245,11 @@ def test_run_folder_contents(fbd_zip, tmp_path):
         "log.txt",
         "stats.jsonl",
         "reals.png",
-        "fakes000000.png",
+        "fakes000000.000.png",
+        "fakes000000.004.png",
     } <= names
-    assert "network-snapshot-000000.pt" in names and "metric-realism.jsonl" in names
+    assert {"network-snapshot-000000.004.pt", "network-snapshot-000000.008.pt"} <= names
+    assert "metric-realism.jsonl" in names
     assert any(n.startswith("events.out.tfevents") for n in names)
     stats = read_stats(run)
     assert any("Loss/G/loss" in s for s in stats)
@@ -270,7 +273,7 @@ def test_two_process_gloo_run(fbd_zip, tmp_path):
         cfg="stylegan2",
     )
     assert run.name.startswith("00000-stylegan2-masks-gpus2-batch4")
-    snap = torch.load(run / "network-snapshot-000000.pt", weights_only=True)
+    snap = torch.load(run / "network-snapshot-000000.008.pt", weights_only=True)
     assert snap["counters"]["cur_nimg"] == 8
     assert "tick 1" in (run / "log.txt").read_text()
 
@@ -280,7 +283,7 @@ def test_resume_with_wrong_channels_is_refused(fbd_zip, binary_zip, tmp_path):
     from cellsynth.stylegan3.train import train
 
     run = train(**TINY, data=str(fbd_zip), outdir=str(tmp_path), kimg=0.004, tick=0.004, snap=1)
-    snap = run / "network-snapshot-000000.pt"
+    snap = run / "network-snapshot-000000.004.pt"
     with pytest.raises(CellsynthError, match="channel"):
         train(**TINY, data=str(binary_zip), outdir=str(tmp_path), kimg=0.008, resume=str(snap))
 
@@ -293,7 +296,7 @@ def test_resume_latest_skips_partial_files(fbd_zip, tmp_path):
     from cellsynth.stylegan3.train import train
 
     run = train(**TINY, data=str(fbd_zip), outdir=str(tmp_path), kimg=0.004, tick=0.004, snap=1)
-    good = run / "network-snapshot-000000.pt"
+    good = run / "network-snapshot-000000.004.pt"
     later = tmp_path / "00009-x"
     later.mkdir()
     (later / ".network-snapshot-000004.pt.abc.tmp").write_bytes(b"half")
@@ -361,7 +364,7 @@ def test_cli_train_dry_run_and_short_run(fbd_zip, tmp_path, capsys):
         ]
     )
     runs = list(tmp_path.iterdir())
-    assert len(runs) == 1 and (runs[0] / "network-snapshot-000000.pt").is_file()
+    assert len(runs) == 1 and (runs[0] / "network-snapshot-000000.004.pt").is_file()
 
 
 def test_data_shards_are_disjoint_and_resumable(fbd_zip):

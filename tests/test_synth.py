@@ -111,10 +111,17 @@ def test_resume_shards_workers_give_identical_files(tmp_path):
     synth(sh, seeds="0-5", shard="0/2", **KW)
     merge_shards(sh)
     _same_files(one, sh)
-    # resume after a partial run and a sample that lost its mask (killed before the rename)
+    # resume after a killed run: samples 3-5 never made, sample 1 lost its mask (killed
+    # before the rename), no manifest or annotations yet
     re = tmp_path / "re"
-    synth(re, seeds="0-2", **KW)
-    os.remove(re / "masks" / "seed000001.tif")
+    synth(re, seeds="0-5", **KW)
+    for s in (1, 3, 4, 5):
+        os.remove(re / "masks" / f"seed{s:06d}.tif")
+    for s in (3, 4, 5):
+        os.remove(re / "images" / f"seed{s:06d}.tif")
+        os.remove(re / "spots" / f"seed{s:06d}.csv")
+    os.remove(re / "manifest.json")
+    os.remove(re / "annotations.json")
     with pytest.raises(CellsynthError, match="--resume"):
         synth(re, seeds="0-5", **KW)
     summary = synth(re, seeds="0-5", resume=True, **KW)

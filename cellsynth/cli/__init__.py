@@ -4,7 +4,10 @@ Each command group lives in its own module here (``dataset``, ``tools``, ``style
 ``pix2pixhd``, ``synth``, ``benchmark``, ``demo``); they parse options, call the library and
 report. Heavy imports (torch) happen inside the commands so ``cellsynth --help`` stays fast.
 Library code raises :class:`cellsynth.errors.CellsynthError`; :func:`main` prints its message
-as one line on stderr and exits with status 2.
+as one line on stderr and exits with status 2. It does the same for an ``OSError`` (a full disk,
+a read-only or forbidden folder, a file where a folder should be, a name too long): one line
+naming the path and the cause (:func:`cellsynth.atomic.os_error_message`); the atomic writers
+have already removed their partial output by then.
 """
 
 from __future__ import annotations
@@ -57,8 +60,13 @@ def cli():
     """cellsynth: synthetic, fully annotated microscopy data and a segmenter benchmark."""
 
 
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
 def main(argv=None) -> None:
-    """Console entry point: run the group, turning CellsynthError into one line + exit 2."""
+    """Console entry point: run the group, turning CellsynthError and OSError into one line +
+    exit 2 (every command goes through here)."""
     try:
         cli.main(args=argv, prog_name="cellsynth", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -70,7 +78,12 @@ def main(argv=None) -> None:
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except CellsynthError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {_one_line(str(exc))}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        from cellsynth.atomic import os_error_message
+
+        click.echo(f"error: {_one_line(os_error_message(exc))}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

@@ -44,6 +44,11 @@ import click
 @click.option(
     "--label-components", is_flag=True, help="Masks are binary: label connected components."
 )
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Accept an import that keeps no instance at all (otherwise an error).",
+)
 @click.option("--img-filter", default="", help="Cellpose image name suffix (e.g. _img).")
 @click.option("--mask-filter", default="_masks", show_default=True, help="Cellpose mask suffix.")
 @click.option(
@@ -56,7 +61,9 @@ def import_cmd(fmt, sources, out, download, progress, split_fractions, **opts):
     """Import a real dataset into the canonical layout.
 
     FORMAT is coco (alias livecell), dsb2018 (bbbc038), embedseg (canonical), cellpose or
-    folders. Examples:
+    folders. Images smaller than 8x8 pixels are refused (they hold no cell with background
+    around it); COCO annotations naming an unknown image id are dropped and counted (orphan).
+    Examples:
 
     \b
       cellsynth dataset import livecell LIVECELL_DIR --out data/livecell

@@ -41,7 +41,9 @@ import click
 @click.option("--split", help="Read only this split (masks default: train, else every split).")
 @click.option("--tile-size", help="tiles: N or HxW crop size before resizing (default: output).")
 @click.option("--stride", help="tiles: N or HxW step between tiles (default: tile size).")
-@click.option("--keep-empty", is_flag=True, help="tiles: keep tiles without cells.")
+@click.option(
+    "--keep-empty", is_flag=True, help="Keep items (images or tiles) without cells (skipped)."
+)
 @click.option(
     "--boundary-width",
     default=2,
@@ -53,6 +55,9 @@ import click
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def pack(kind, source, dest, resolution, size, tile_size, stride, **opts):
     """Pack a canonical dataset into a GAN training set.
+
+    Source images smaller than 8x8 pixels are refused (resizing them would invent the
+    training data); images or tiles without cells are skipped and counted unless --keep-empty.
 
     \b
       cellsynth dataset pack --kind masks --source data/dsb2018 --dest masks.zip \\

@@ -36,7 +36,12 @@ def stylegan3():
 )
 @click.option("--tick", default=4, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--snap", default=50, show_default=True, type=click.IntRange(min=0), help="Ticks.")
-@click.option("--resume", default=None, help="Snapshot path, or 'latest' (newest in --outdir).")
+@click.option(
+    "--resume",
+    default=None,
+    help="Snapshot path, or 'latest' (newest in --outdir); a snapshot of a run folder in "
+    "--outdir continues in that folder.",
+)
 @click.option("--cbase", default=32768, show_default=True, type=click.IntRange(min=1))
 @click.option("--cmax", default=512, show_default=True, type=click.IntRange(min=1))
 @click.option(
@@ -67,7 +72,12 @@ def stylegan3():
 @click.option("--desc", default=None, help="Extra text for the run-folder name.")
 @click.option("--progress/--no-progress", default=False, help="Progress bar on stderr.")
 def train(**kw):
-    """Train StyleGAN3 (or StyleGAN2) on a masks zip."""
+    """Train StyleGAN3 (or StyleGAN2) on a masks zip.
+
+    Snapshots are OUTDIR/NNNNN-.../network-snapshot-KKKKKK.FFF.pt (kimg with three decimals).
+    The data (and a resumed snapshot against it) is checked before a run folder is made; a run
+    that fails before its first snapshot leaves no run folder.
+    """
     from cellsynth.stylegan3.train import train as run_train
 
     run_dir = run_train(**kw)
@@ -96,6 +106,11 @@ def train(**kw):
     "--rotate", default=0.0, show_default=True, type=float, help="Degrees (stylegan3 only)."
 )
 @click.option("--outdir", required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Write into an --outdir that already holds files (same names are replaced).",
+)
 @click.option("--decode", is_flag=True, help="Also write seedNNNN_masks.tif instance labels.")
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="cpu", show_default=True)
@@ -109,12 +124,17 @@ def generate(
     translate,
     rotate,
     outdir,
+    overwrite,
     decode,
     batch,
     device,
     progress,
 ):
-    """Generate masks seedNNNN.png (the gen_images habit)."""
+    """Generate masks seedNNNN.png (the gen_images habit).
+
+    An --outdir that already holds files is refused unless --overwrite; every option is checked
+    before --outdir is made.
+    """
     from cellsynth.errors import CellsynthError
     from cellsynth.stylegan3.generate import generate_images, parse_seeds
 
@@ -136,6 +156,7 @@ def generate(
         batch=batch,
         device=device,
         progress=progress,
+        overwrite=overwrite,
     )
     click.echo(f"wrote {len(written)} files to {outdir}")
 

@@ -97,7 +97,11 @@ from cellsynth.tools.parse import parse_matrix, parse_size
 @click.option("--spots-model", default=None, help="pix2pixhd:PATH rendering spot masks.")
 @click.option("--photons", type=float, default=0.0, show_default=True, help="Shot noise.")
 @click.option("--read-noise", type=float, default=0.0, show_default=True)
-@click.option("--resume", is_flag=True, help="Skip seeds already written.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue --out: skip seeds already written (same options and the same --seeds).",
+)
 @click.option("--shard", default=None, help="i/N: this run makes every N-th seed from i.")
 @click.option("--batch", type=int, default=8, show_default=True, help="GAN batch size.")
 @click.option(
@@ -156,7 +160,13 @@ def synth(
     overwrite,
     progress,
 ):
-    """Generate a synthetic, fully annotated dataset (images, masks, puncta, COCO)."""
+    """Generate a synthetic, fully annotated dataset (images, masks, puncta, COCO).
+
+    One run writes --out at a time (it holds --out/.cellsynth.lock; a second run stops with one
+    line). --resume and --shard continue the seed list the folder was started with and refuse
+    another one, so manifest.json and annotations.json list every sample on disk; make more
+    seeds in a new --out.
+    """
     if ctx.invoked_subcommand is not None:
         return
     if out is None:

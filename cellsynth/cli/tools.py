@@ -80,14 +80,17 @@ def threshold_cmd(
     files, folder = _inputs(source, "images", "images")
 
     def one(path: Path, target: Path) -> None:
-        mask = threshold(
-            read_image(path),
-            method,
-            value,
-            block_size=block_size,
-            offset=offset,
-            channel=channel,
-        )
+        try:
+            mask = threshold(
+                read_image(path),
+                method,
+                value,
+                block_size=block_size,
+                offset=offset,
+                channel=channel,
+            )
+        except CellsynthError as exc:
+            raise CellsynthError(f"{path}: {exc}") from None
         if instances:
             write_labels(target, label_components(mask, connectivity, min_size))
         else:

@@ -28,6 +28,23 @@ from cellsynth.errors import CellsynthError
 SPLITS = ("train", "val", "test")
 METADATA = "metadata.json"
 
+# The smallest image side that `dataset import` and `dataset pack` accept: one cell of the
+# default --min-pixels (10 pixels, about 4 across) with the 2-pixel boundary band of the fbd
+# encoding on each side. Anything smaller holds no cell with background around it, and packing
+# would only blow it up by interpolation into invented training data.
+MIN_IMAGE_SIDE = 8
+
+
+def check_min_size(shape, where: str) -> None:
+    """Raise unless an image of ``shape`` (H, W, ...) is at least MIN_IMAGE_SIDE a side."""
+    h, w = int(shape[0]), int(shape[1])
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise CellsynthError(
+            f"{where}: image is {h}x{w} pixels, smaller than the {MIN_IMAGE_SIDE}x"
+            f"{MIN_IMAGE_SIDE} minimum (too small to hold a cell with background around it); "
+            "remove it from the source"
+        )
+
 
 @dataclass
 class Sample:

@@ -26,6 +26,7 @@ DSB2018 reader (:func:`resolve_overlaps`):
    no further instance falls below the limits); kept instances are numbered 1..N in order.
 
 Crowd annotations (``iscrowd: 1``) are not instances and are skipped (counted as ``crowd``).
+Annotations whose ``image_id`` names no image of the JSON are dropped (counted as ``orphan``).
 Every dropped instance is counted in the statistics; for each image, the annotations read
 equal the instances kept plus those dropped.
 
@@ -49,7 +50,7 @@ from cellsynth.datasets.folders import SourceItem, normalise_image
 from cellsynth.datasets.io import read_image
 from cellsynth.errors import CellsynthError
 
-DROP_REASONS = ("empty", "small", "overlap", "crowd")
+DROP_REASONS = ("empty", "small", "overlap", "crowd", "orphan")
 
 
 def new_stats() -> dict:
@@ -338,7 +339,7 @@ def _coco_load(
         "file_name": file_name,
         "image_id": img["id"],
         "annotation_ids": [objs[k].get("id") for k in kept],
-        "dropped": {r: int(counts[r]) for r in DROP_REASONS if counts[r]},
+        "dropped": {r: int(counts[r]) for r in DROP_REASONS if counts.get(r)},
     }
     cats = sorted({cat_names.get(objs[k].get("category_id")) for k in kept} - {None})
     if cats:
@@ -389,7 +390,12 @@ def coco_items(
     cat_names = {c.get("id"): c.get("name") for c in cats if isinstance(c, dict)}
     multi_cat = len(cat_names) > 1
     by_image: dict = {}
+    known = {img["id"] for img in data["images"]}
+    orphans = 0
     for ann in data["annotations"]:
+        if ann["image_id"] not in known:
+            orphans += 1  # names no image of this JSON: nothing to draw it on
+            continue
         by_image.setdefault(ann["image_id"], []).append(ann)
     for anns in by_image.values():
         anns.sort(key=lambda a: (a.get("id") is None, a.get("id") or 0))
@@ -423,6 +429,8 @@ def coco_items(
             f"{', '.join(missing[:3])}{more}; pass the right image folder or --skip-missing"
         )
     stats["missing_images"] += len(missing)
+    stats["annotations"] += orphans
+    add_drops(stats, {"orphan": orphans})
     if not items:
         raise CellsynthError(f"{json_path}: no images to import")
     return sorted(items, key=lambda it: it.name)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from cellsynth.atomic import check_writable
-from cellsynth.datasets.canonical import SPLITS, Sample, write_dataset
+from cellsynth.datasets.canonical import SPLITS, Sample, check_min_size, write_dataset
 from cellsynth.datasets.coco import DROP_REASONS, coco_items, new_stats
 from cellsynth.datasets.dsb2018 import dsb2018_items
 from cellsynth.datasets.folders import SourceItem, cellpose_items, embedseg_items, folder_pairs
@@ -271,9 +271,11 @@ def plan_splits(
 def _stream(
     items: Iterable[SourceItem], bar, instances: dict, split: str, fmt: str, finish=None
 ) -> Iterator[Sample]:
-    """Load items one by one (counting instances); call ``finish()`` once all are loaded."""
+    """Load items one by one (counting instances, refusing images below the minimum size);
+    call ``finish()`` once all are loaded."""
     for it in items:
         sample = it.load()
+        check_min_size(sample.image.shape, f"sample {it.name!r}")
         sample.meta.setdefault("import_format", fmt)
         instances[split] = instances.get(split, 0) + int(sample.labels.max(initial=0))
         bar.update(1)
@@ -301,6 +303,7 @@ def import_dataset(
     label_components: bool = False,
     img_filter: str = "",
     mask_filter: str = "_masks",
+    allow_empty: bool = False,
 ) -> dict:
     """Import a dataset in format ``fmt`` from ``sources`` into a canonical dataset at ``out``.
 
@@ -308,7 +311,9 @@ def import_dataset(
     images/masks (and COCO images missing on disk) instead of raising; ``min_pixels`` and
     ``min_fraction`` are the overlap limits of :func:`cellsynth.datasets.coco.resolve_overlaps`;
     ``label_components`` labels binary masks' connected components (pair formats);
-    ``img_filter``/``mask_filter`` are Cellpose's name suffixes.
+    ``img_filter``/``mask_filter`` are Cellpose's name suffixes. Images smaller than
+    :data:`~cellsynth.datasets.canonical.MIN_IMAGE_SIDE` a side are refused; an import that
+    keeps no instance at all is an error unless ``allow_empty``.
 
     Returns a summary: ``out``, ``format``, ``splits`` (images per split), ``instances``
     (per split), ``instances_total``, ``annotations``, ``dropped`` (per reason),
@@ -352,6 +357,7 @@ def import_dataset(
         "min_fraction": float(min_fraction),
         "label_components": bool(label_components),
         "skip_missing": bool(skip_missing),
+        "allow_empty": bool(allow_empty),
     }
     summary: dict = {}
     instances: dict[str, int] = {}
@@ -359,6 +365,14 @@ def import_dataset(
 
     def finish() -> None:
         _summarise(summary, out, kind, planned, instances, stats)
+        if summary["instances_total"] == 0 and not allow_empty:
+            why = ""
+            if stats["annotations"]:
+                why = f" ({stats['annotations']} annotations read, {stats['dropped']} dropped)"
+            raise CellsynthError(
+                f"no instances kept in {total} images{why}; check the masks (and --min-pixels, "
+                "--min-fraction), or pass --allow-empty to import images without cells"
+            )
 
     # write_dataset reads ``info`` after every sample is written, so the counts that ``finish``
     # fills in at the end of the last split reach dataset.json (tests/test_import_cli.py checks).

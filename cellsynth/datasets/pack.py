@@ -11,7 +11,10 @@
 
 Label maps are cropped and resized with nearest neighbour *before* encoding
 (:func:`cellsynth.tools.codec.transform_labels`); images with area averaging / bilinear.
-Both writers are atomic: a failure leaves nothing at ``dest``.
+Both writers are atomic: a failure leaves nothing at ``dest``. Source images smaller than
+:data:`~cellsynth.datasets.canonical.MIN_IMAGE_SIDE` a side are refused (resizing them would
+invent the training data); items without a cell are skipped and counted (``skipped_empty``)
+unless ``keep_empty``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from cellsynth.atomic import atomic_dir, atomic_path, check_writable
-from cellsynth.datasets.canonical import SPLITS, CanonicalDataset, is_split_dir
+from cellsynth.datasets.canonical import SPLITS, CanonicalDataset, check_min_size, is_split_dir
 from cellsynth.datasets.io import list_images, read_image, write_image
 from cellsynth.errors import CellsynthError
 from cellsynth.tools.codec import (
@@ -174,9 +177,9 @@ def pack_masks(
     two; encoding "fbd" | "binary"; transform "center-crop" | "tiles" | "resize"; max_images
     stop after this many items; cond metadata key giving the class (e.g. "cell_type");
     split the split to read (default: a split folder as given, else ``train`` when present,
-    else every split); tile, stride, keep_empty for ``tiles`` (tile defaults to resolution);
-    boundary_width of the fbd boundary band.
-    Returns a summary dict (items, images, skipped_small, classes, dest).
+    else every split); tile, stride for ``tiles`` (tile defaults to resolution); keep_empty
+    keep items (images or tiles) without cells; boundary_width of the fbd boundary band.
+    Returns a summary dict (items, images, skipped_small, skipped_empty, classes, dest).
     """
     from tqdm import tqdm
 
@@ -192,7 +195,7 @@ def pack_masks(
         raise CellsynthError(f"{dest}: the masks dataset is a zip file; give a name ending in .zip")
 
     items, labels, sources, classes = 0, [], [], {}
-    images = skipped_small = 0
+    images = skipped_small = skipped_empty = 0
     total = sum(n for _, _, n in datasets)
     with atomic_path(dest, overwrite) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
         bar = tqdm(total=total, desc="pack masks", unit="img", disable=not progress)
@@ -201,12 +204,16 @@ def pack_masks(
                 if max_images is not None and items >= max_images:
                     break
                 sample = ds[i]
+                check_min_size(sample.labels.shape, f"{ds.root}: sample {sample.name!r}")
                 bar.update(1)
                 images += 1
                 cls = _class_of(sample.meta, cond, sample.name, ds.root)
                 parts = transform_labels(
                     sample.labels, resolution, transform, tile, stride, keep_empty
                 )
+                if not keep_empty and transform != "tiles" and not any(p.any() for _, p in parts):
+                    skipped_empty += 1
+                    continue
                 if not parts and transform == "tiles":
                     skipped_small += int(
                         not crop_windows(sample.labels.shape, resolution, transform, tile, stride)
@@ -224,9 +231,10 @@ def pack_masks(
                     items += 1
         bar.close()
         if items == 0:
+            empty = f"; {skipped_empty} image(s) without cells" if skipped_empty else ""
             raise CellsynthError(
-                f"{source}: nothing to pack (no images gave an item; for tiles, images may be "
-                "smaller than the tile or have no cells: try --keep-empty or center-crop)"
+                f"{source}: nothing to pack (no images gave an item{empty}; images may have no "
+                "cells or, for tiles, be smaller than the tile: try --keep-empty or center-crop)"
             )
         if cond is not None:
             # class indices in sorted order of the class names, so they do not depend on order
@@ -256,6 +264,7 @@ def pack_masks(
         "items": items,
         "images": images,
         "skipped_small": skipped_small,
+        "skipped_empty": skipped_empty,
         "classes": class_names,
     }
 
@@ -279,8 +288,9 @@ def pack_pairs(
     Args: source canonical root or split folder; dest folder to write; size N or HxW of the
     pairs; transform "center-crop" | "tiles" | "resize"; max_images items per split at most;
     cond metadata key whose value becomes the semantic class (label = 1 + class index);
-    split only this split (default every split); tile, stride, keep_empty for ``tiles``.
-    Returns a summary dict (splits, label_nc, channels, size, dest).
+    split only this split (default every split); tile, stride for ``tiles``; keep_empty keep
+    items (images or tiles) without cells.
+    Returns a summary dict (splits, skipped_empty, label_nc, channels, size, dest).
     """
     from tqdm import tqdm
 
@@ -292,7 +302,7 @@ def pack_pairs(
     datasets = [(name, *_samples(d)) for name, d in splits]
     check_writable(dest, overwrite)
 
-    counts, classes, channels = {}, {}, None
+    counts, classes, channels, skipped_empty = {}, {}, None, 0
     with atomic_dir(dest, overwrite) as tmp:
         for split_name, ds, n in datasets:
             dirs = {k: tmp / f"{split_name}_{k}" for k in ("label", "inst", "img")}
@@ -304,7 +314,11 @@ def pack_pairs(
                 if max_images is not None and count >= max_images:
                     break
                 sample = ds[i]
+                check_min_size(sample.labels.shape, f"{ds.root}: sample {sample.name!r}")
                 bar.update(1)
+                if not keep_empty and transform != "tiles" and not sample.labels.any():
+                    skipped_empty += 1
+                    continue
                 cls = _class_of(sample.meta, cond, sample.name, ds.root)
                 value = 1 if cls is None else 1 + classes.setdefault(cls, len(classes))
                 c = 1 if sample.image.ndim == 2 else sample.image.shape[-1]
@@ -338,7 +352,11 @@ def pack_pairs(
                 for d in dirs.values():
                     d.rmdir()
         if not any(counts.values()):
-            raise CellsynthError(f"{source}: nothing to pack (no image gave a pair)")
+            empty = f"; {skipped_empty} image(s) without cells" if skipped_empty else ""
+            raise CellsynthError(
+                f"{source}: nothing to pack (no image gave a pair{empty}; pass --keep-empty to "
+                "pack images without cells)"
+            )
         class_names = sorted(classes) if cond else None
         if cond:  # rewrite labels so class values follow the sorted class names
             order = {classes[c] + 1: class_names.index(c) + 1 for c in classes}
@@ -365,6 +383,7 @@ def pack_pairs(
     return {
         "dest": str(dest),
         "splits": counts,
+        "skipped_empty": skipped_empty,
         "label_nc": label_nc,
         "channels": channels,
         "size": [h, w],

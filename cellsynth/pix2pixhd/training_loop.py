@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cellsynth.atomic import write_text
+from cellsynth.atomic import output_folder, write_text
 from cellsynth.errors import CellsynthError
+from cellsynth.lock import lock_folder
 from cellsynth.pix2pixhd import data as p2p_data
 from cellsynth.pix2pixhd.losses import GANLoss, VGGLoss, feature_matching_loss
 from cellsynth.pix2pixhd.networks import (
@@ -251,6 +252,10 @@ class Pix2PixHDModel:
 
 
 # ---- the loop ------------------------------------------------------------------------------
+def _has_checkpoint(run_dir: Path) -> bool:
+    return any(run_dir.glob("*.pt"))
+
+
 def train(opt: Options) -> Path:
     """Train Pix2PixHD as ``opt`` says; returns the run folder ``checkpoints_dir/name``."""
     opt = opt.check()
@@ -281,9 +286,12 @@ def train(opt: Options) -> Path:
             f"{n} training pairs cannot fill one batch of {opt.batchSize} x {nproc} processes; "
             "lower --batchSize or --gpus"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "opt.json", opt.to_json())
-    dist_utils.launch(_worker, nproc, args=(opt.to_dict(), str(run_dir)))
+    # a run folder this call creates is removed again if training fails before a checkpoint;
+    # the folder is locked while this run writes it
+    with output_folder(run_dir, keep=_has_checkpoint, option="--checkpoints_dir/--name"):
+        with lock_folder(run_dir, "pix2pixhd train"):
+            write_text(run_dir / "opt.json", opt.to_json())
+            dist_utils.launch(_worker, nproc, args=(opt.to_dict(), str(run_dir)))
     return run_dir
 
 

@@ -50,17 +50,37 @@ class MaskGenerator:
         G, config = load_generator(path, device=device, which=which)
         return cls(G, config, device=device)
 
-    def _set_transform(self, translate, rotate) -> None:
-        if (
+    def _is_stylegan2(self) -> bool:
+        return (
             not hasattr(self.G, "set_input_transform")
             or self.G.init_kwargs.get("cfg") == "stylegan2"
-        ):
-            if tuple(translate) != (0, 0) or rotate != 0:
+        )
+
+    def _set_transform(self, translate, rotate) -> None:
+        if not self._is_stylegan2():  # checked by check_options: stylegan2 has no transform
+            self.G.set_input_transform(translate=tuple(translate), rotate=float(rotate))
+
+    def check_options(
+        self, class_idx=None, noise_mode="const", batch=8, translate=(0, 0), rotate=0.0
+    ) -> None:
+        """Raise CellsynthError unless :meth:`generate` accepts these options for this network."""
+        if noise_mode not in ("const", "random", "none"):
+            raise CellsynthError(f"--noise-mode must be const, random or none, not {noise_mode!r}")
+        if batch < 1:
+            raise CellsynthError("--batch must be at least 1")
+        if self.num_classes:
+            if class_idx is None:
                 raise CellsynthError(
-                    "--translate/--rotate need a stylegan3 network; this snapshot is stylegan2"
+                    f"this network is conditional ({self.num_classes} classes); pass --class"
                 )
-            return
-        self.G.set_input_transform(translate=tuple(translate), rotate=float(rotate))
+            if not 0 <= int(class_idx) < self.num_classes:
+                raise CellsynthError(f"--class {class_idx} is not in [0, {self.num_classes - 1}]")
+        elif class_idx is not None:
+            raise CellsynthError("--class given, but this network is unconditional")
+        if self._is_stylegan2() and (tuple(translate) != (0, 0) or rotate != 0):
+            raise CellsynthError(
+                "--translate/--rotate need a stylegan3 network; this snapshot is stylegan2"
+            )
 
     def generate(
         self,
@@ -86,21 +106,10 @@ class MaskGenerator:
         from tqdm import tqdm
 
         seeds = parse_seeds(seeds)
-        if noise_mode not in ("const", "random", "none"):
-            raise CellsynthError(f"--noise-mode must be const, random or none, not {noise_mode!r}")
-        if batch < 1:
-            raise CellsynthError("--batch must be at least 1")
+        self.check_options(class_idx, noise_mode, batch, translate, rotate)
         c = torch.zeros([1, self.num_classes], device=self.device)
         if self.num_classes:
-            if class_idx is None:
-                raise CellsynthError(
-                    f"this network is conditional ({self.num_classes} classes); pass --class"
-                )
-            if not 0 <= int(class_idx) < self.num_classes:
-                raise CellsynthError(f"--class {class_idx} is not in [0, {self.num_classes - 1}]")
             c[:, int(class_idx)] = 1
-        elif class_idx is not None:
-            raise CellsynthError("--class given, but this network is unconditional")
         self._set_transform(translate, rotate)
         out = np.empty((len(seeds), self.channels, self.resolution, self.resolution), np.float32)
         with torch.no_grad():
@@ -145,27 +154,40 @@ def generate_images(
     batch: int = 8,
     device="cpu",
     progress: bool = False,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write ``seedNNNN.png`` (and ``seedNNNN_masks.tif`` with ``decode``) into ``outdir``.
 
-    Returns the written paths. Every file is written atomically.
+    Every option is checked before ``outdir`` is created. An ``outdir`` that already holds files
+    is refused unless ``overwrite`` (then files of the same names are replaced, others kept).
+    A failed run removes the ``outdir`` it created. Returns the written paths; every file is
+    written atomically.
     """
+    from cellsynth.atomic import check_folder_target, output_folder
     from cellsynth.datasets.io import write_image, write_labels
 
-    gen = MaskGenerator.load(network, device=device)
+    outdir = check_folder_target(outdir, "--outdir")
     seeds = parse_seeds(seeds)
+    if outdir.is_dir() and any(outdir.iterdir()) and not overwrite:
+        raise CellsynthError(
+            f"--outdir {outdir} already holds files; pass --overwrite to write into it (files "
+            "of the same seeds are replaced), or choose an empty folder"
+        )
+    gen = MaskGenerator.load(network, device=device)
     if decode and not gen.encoding:
         raise CellsynthError(f"{network}: snapshot has no mask encoding; cannot --decode")
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    gen.check_options(class_idx, noise_mode, batch, translate, rotate)
     written = []
-    for i in range(0, len(seeds), batch):
-        chunk = seeds[i : i + batch]
-        x = gen.generate(chunk, trunc, class_idx, noise_mode, batch, translate, rotate, progress)
-        imgs = gen.to_uint8(x)
-        labels = gen.decode(x) if decode else [None] * len(chunk)
-        for s, img, lab in zip(chunk, imgs, labels):
-            written.append(write_image(outdir / f"seed{s:04d}.png", img))
-            if lab is not None:
-                written.append(write_labels(outdir / f"seed{s:04d}_masks.tif", lab))
+    with output_folder(outdir, option="--outdir"):
+        for i in range(0, len(seeds), batch):
+            chunk = seeds[i : i + batch]
+            x = gen.generate(
+                chunk, trunc, class_idx, noise_mode, batch, translate, rotate, progress
+            )
+            imgs = gen.to_uint8(x)
+            labels = gen.decode(x) if decode else [None] * len(chunk)
+            for s, img, lab in zip(chunk, imgs, labels):
+                written.append(write_image(outdir / f"seed{s:04d}.png", img))
+                if lab is not None:
+                    written.append(write_labels(outdir / f"seed{s:04d}_masks.tif", lab))
     return written

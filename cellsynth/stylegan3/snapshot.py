@@ -1,6 +1,8 @@
 """StyleGAN3 snapshots: save, load, rebuild networks, find the newest complete one.
 
-A snapshot ``network-snapshot-KKKKKK.pt`` is a safe checkpoint (tensors + JSON config, see
+A snapshot ``network-snapshot-KKKKKK.FFF.pt`` (the kimg it was taken at, with three decimals:
+the exact image count, so snapshots below 1 kimg or a fraction apart never share a name; the
+names sort in training order) is a safe checkpoint (tensors + JSON config, see
 :mod:`cellsynth.training.checkpoint`) of kind ``"stylegan3"`` holding:
 
 - ``G``, ``D``, ``G_ema``: state dicts; ``G_opt``, ``D_opt``: optimiser states;
@@ -23,12 +25,26 @@ from pathlib import Path
 from cellsynth.errors import CellsynthError
 
 KIND = "stylegan3"
-_SNAP = re.compile(r"^network-snapshot-(\d{6,})\.pt$")
+# network-snapshot-KKKKKK.FFF.pt; earlier versions wrote network-snapshot-KKKKKK.pt (whole kimg)
+_SNAP = re.compile(r"^network-snapshot-(\d{6,})(?:\.(\d{3}))?\.pt$")
+
+
+def kimg_stamp(cur_nimg: int) -> str:
+    """``KKKKKK.FFF``: ``cur_nimg`` images as kimg with three decimals (exact)."""
+    return f"{int(cur_nimg) // 1000:06d}.{int(cur_nimg) % 1000:03d}"
 
 
 def snapshot_name(cur_nimg: int) -> str:
     """File name of the snapshot taken at ``cur_nimg`` images."""
-    return f"network-snapshot-{cur_nimg // 1000:06d}.pt"
+    return f"network-snapshot-{kimg_stamp(cur_nimg)}.pt"
+
+
+def snapshot_nimg(name: str) -> int | None:
+    """Images trained when snapshot ``name`` was taken (from its file name), or None."""
+    m = _SNAP.match(name)
+    if m is None:
+        return None
+    return int(m.group(1)) * 1000 + int(m.group(2) or 0)
 
 
 def save_snapshot(path: str | os.PathLike, state: dict, config: dict) -> Path:
@@ -78,7 +94,8 @@ def load_generator(path: str | os.PathLike, device="cpu", which: str = "G_ema"):
 
 
 def list_snapshots(folder: str | os.PathLike) -> list[Path]:
-    """Complete snapshots in ``folder`` and its run sub-folders, oldest first (by kimg, mtime).
+    """Complete snapshots in ``folder`` and its run sub-folders, oldest first (by mtime, then
+    image count; old ``network-snapshot-KKKKKK.pt`` names are listed too).
 
     Temporary files of an interrupted write (``.network-snapshot-...tmp``) are never listed.
     """
@@ -87,10 +104,24 @@ def list_snapshots(folder: str | os.PathLike) -> list[Path]:
     for p in list(folder.glob("network-snapshot-*.pt")) + list(
         folder.glob("*/network-snapshot-*.pt")
     ):
-        m = _SNAP.match(p.name)
-        if m and p.is_file():
-            found.append((p.stat().st_mtime, int(m.group(1)), p))
-    return [p for _, _, p in sorted(found)]
+        nimg = snapshot_nimg(p.name)
+        if nimg is not None and p.is_file():
+            found.append((p.stat().st_mtime, nimg, str(p), p))
+    return [p for *_, p in sorted(found)]
+
+
+def clean_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of interrupted atomic writes (``.NAME.*.tmp``) in a run folder.
+
+    Only call this while holding the run folder's lock (no other run writes there). Returns
+    the removed paths.
+    """
+    removed = []
+    for p in Path(run_dir).glob(".*.tmp"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def find_latest(outdir: str | os.PathLike) -> Path:

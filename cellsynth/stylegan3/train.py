@@ -1,17 +1,27 @@
 """``cellsynth stylegan3 train``: options -> run folder -> one training process per device.
 
-:func:`train` checks the options, resolves ``--resume latest``, creates
+:func:`train` checks the options and the dataset (and a resumed snapshot against them) before
+anything is written, resolves ``--resume latest``, creates
 ``OUTDIR/NNNNN-<cfg>-<data>-gpusG-batchB-gammaX/`` with ``training_options.json`` and launches
 :func:`cellsynth.stylegan3.training_loop.training_process` through
 :func:`cellsynth.training.distributed.launch` (``--gpus N`` processes).
+
+``--resume`` from a snapshot of a run folder in ``OUTDIR`` continues in that run folder (its kimg
+count goes on, its snapshots and logs stay together); a snapshot from elsewhere starts a new run
+folder from its weights. The run folder is locked while training (:mod:`cellsynth.lock`), the
+temporary files of an interrupted snapshot write are removed at the start, and a new run folder
+is removed again when the run fails before its first snapshot.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from pathlib import Path
 
 from cellsynth.errors import CellsynthError
+from cellsynth.training.rundir import RUN_FOLDER as _RUN
 
 CFGS = ("stylegan3-t", "stylegan3-r", "stylegan2")
 METRICS = ("none", "realism", "fid50k_full", "kid50k_full", "fid5k", "kid5k")
@@ -140,6 +150,51 @@ def check_options(opts: dict) -> dict:
     return opts
 
 
+def check_data(opts: dict):
+    """Open and check the masks zip for these options (before any folder is made).
+
+    Checks that it is a readable masks dataset, that ``--cond`` finds class labels, that the
+    images can be shared by ``--gpus`` processes and that a resumed snapshot fits the data and
+    the network options. Returns the :class:`~cellsynth.datasets.pack.MaskZipDataset`.
+    """
+    from cellsynth.datasets.pack import MaskZipDataset
+
+    data = MaskZipDataset(opts["data"])
+    if opts.get("cond") and not (data.has_labels and data.label_dim):
+        raise CellsynthError(
+            f"{opts['data']}: --cond needs class labels in the zip (pack it with --cond KEY)"
+        )
+    total = len(data) * (2 if opts.get("mirror") else 1)
+    if total < int(opts["gpus"]):
+        raise CellsynthError(
+            f"{opts['data']}: {total} images cannot be split over {opts['gpus']} processes"
+        )
+    if opts.get("resume"):
+        from cellsynth.stylegan3.snapshot import load_snapshot
+        from cellsynth.stylegan3.training_loop import build_args, check_resume
+
+        c_dim = data.label_dim if opts.get("cond") else 0
+        cfg = load_snapshot(opts["resume"])["config"]
+        check_resume(cfg, opts, data, build_args(opts, data, c_dim))
+    return data
+
+
+def resume_folder(opts: dict) -> Path | None:
+    """The run folder to continue: the resumed snapshot's own, when that is a run folder in
+    ``--outdir``; None when the run needs a new run folder."""
+    if not opts.get("resume"):
+        return None
+    folder = Path(opts["resume"]).resolve().parent
+    outdir = Path(opts["outdir"]).resolve()
+    if (
+        folder.parent == outdir
+        and _RUN.match(folder.name)
+        and (folder / "training_options.json").is_file()
+    ):
+        return folder
+    return None
+
+
 def run_description(opts: dict) -> str:
     """``<cfg>-<data>-gpusG-batchB-gammaX`` (the run-folder name after its number)."""
     data = Path(opts["data"]).name
@@ -156,27 +211,45 @@ def train(**kw) -> Path | None:
 
     Keyword arguments are the options of :func:`default_options` (the CLI flags).
     """
+    from cellsynth.atomic import check_folder_target
+    from cellsynth.lock import lock_folder
+    from cellsynth.stylegan3.snapshot import clean_stale_temporaries, list_snapshots
     from cellsynth.stylegan3.training_loop import training_process
     from cellsynth.training.distributed import launch
     from cellsynth.training.rundir import make_run_dir
 
     opts = check_options(default_options(**kw))
+    check_folder_target(opts["outdir"], "--outdir")
     if opts["ops_impl"] and opts["ops_impl"] != "auto":
         os.environ["CELLSYNTH_OPS_IMPL"] = opts["ops_impl"]
+    data = check_data(opts)
     if opts["dry_run"]:
         import json
 
-        from cellsynth.stylegan3.training_loop import MaskData
-
-        data = MaskData(opts["data"], mirror=opts["mirror"])
+        n = len(data) * (2 if opts["mirror"] else 1)
         print(json.dumps({k: v for k, v in opts.items() if k != "device"}, indent=2, default=str))
         print(
-            f"dataset: {data.n} images, {data.resolution}px, {data.channels} channels, "
+            f"dataset: {n} images, {data.resolution}px, {data.channels} channels, "
             f"encoding {data.encoding}, labels {data.has_labels}"
         )
         print("dry run: nothing trained, no run folder made")
         return None
+    data.close()
     saved = {k: v for k, v in opts.items() if k not in ("device", "dry_run")}
-    run_dir = make_run_dir(opts["outdir"], run_description(opts), saved)
-    launch(training_process, int(opts["gpus"]), args=(opts, str(run_dir)))
+    run_dir = resume_folder(opts)
+    created = run_dir is None
+    outdir_made = not Path(opts["outdir"]).exists()
+    if created:
+        run_dir = make_run_dir(opts["outdir"], run_description(opts), saved)
+    try:
+        with lock_folder(run_dir, "stylegan3 train"):
+            clean_stale_temporaries(run_dir)
+            launch(training_process, int(opts["gpus"]), args=(opts, str(run_dir)))
+    except BaseException:
+        if created and not list_snapshots(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)  # a failed start leaves no run folder
+            if outdir_made:
+                with contextlib.suppress(OSError):
+                    Path(opts["outdir"]).rmdir()  # only when nothing else is in it
+        raise
     return run_dir

@@ -26,7 +26,7 @@ import torch
 from cellsynth.errors import CellsynthError
 from cellsynth.stylegan3.augment import AugmentPipe, adjust_p
 from cellsynth.stylegan3.loss import StyleGANLoss
-from cellsynth.stylegan3.snapshot import load_snapshot, save_snapshot, snapshot_name
+from cellsynth.stylegan3.snapshot import kimg_stamp, load_snapshot, save_snapshot, snapshot_name
 from cellsynth.training import distributed as dist
 
 # Default hyper-parameters of each configuration (as in the StyleGAN3 release).
@@ -155,8 +155,9 @@ def _one_hot(labels: torch.Tensor, c_dim: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(labels, c_dim).float()
 
 
-def _build_args(opts: dict, data: MaskData, c_dim: int) -> dict:
-    """The keyword arguments of ``build_networks`` for these options (stored in snapshots)."""
+def build_args(opts: dict, data, c_dim: int) -> dict:
+    """The keyword arguments of ``build_networks`` for these options (stored in snapshots);
+    ``data`` is anything with ``.resolution`` and ``.channels`` (MaskData, MaskZipDataset)."""
     from cellsynth.stylegan3.networks import build_networks
 
     args = dict(
@@ -180,6 +181,29 @@ def _build_args(opts: dict, data: MaskData, c_dim: int) -> dict:
         if k in params:
             args[k] = v
     return args
+
+
+def check_resume(cfg: dict, opts: dict, data, build: dict) -> dict:
+    """Raise unless the snapshot config ``cfg`` fits this run's ``data`` (``.channels``,
+    ``.resolution``) and network ``build`` arguments; returns the build arguments to use."""
+    path = opts["resume"]
+    if int(cfg["channels"]) != int(data.channels):
+        raise CellsynthError(
+            f"{path}: the snapshot's network makes {cfg['channels']}-channel images but "
+            f"{opts['data']} has {data.channels} channels; resume with matching data"
+        )
+    if int(cfg["resolution"]) != int(data.resolution):
+        raise CellsynthError(
+            f"{path}: the snapshot's network is {cfg['resolution']}px but "
+            f"{opts['data']} is {data.resolution}px; resume with matching data"
+        )
+    for key, value in cfg["build"].items():
+        if key in build and build[key] != value and key != "num_fp16_res":
+            raise CellsynthError(
+                f"{path}: the snapshot was trained with {key}={value!r}, this run asks for "
+                f"{build[key]!r}; use the snapshot's options to resume"
+            )
+    return dict(cfg["build"], **{k: build[k] for k in ("num_fp16_res",) if k in build})
 
 
 class Trainer:
@@ -233,7 +257,7 @@ class Trainer:
         if cfg not in CFG_DEFAULTS:
             raise CellsynthError(f"unknown --cfg {cfg!r}; use one of {sorted(CFG_DEFAULTS)}")
         defaults = CFG_DEFAULTS[cfg]
-        self.build = _build_args(opts, self.data, self.c_dim)
+        self.build = build_args(opts, self.data, self.c_dim)
 
         resume = None
         if opts.get("resume"):
@@ -318,27 +342,7 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- resume
     def _check_resume(self, snap: dict) -> None:
-        cfg = snap["config"]
-        path = self.opts["resume"]
-        if int(cfg["channels"]) != self.data.channels:
-            raise CellsynthError(
-                f"{path}: the snapshot's network makes {cfg['channels']}-channel images but "
-                f"{self.opts['data']} has {self.data.channels} channels; resume with matching data"
-            )
-        if int(cfg["resolution"]) != self.data.resolution:
-            raise CellsynthError(
-                f"{path}: the snapshot's network is {cfg['resolution']}px but "
-                f"{self.opts['data']} is {self.data.resolution}px; resume with matching data"
-            )
-        for key, value in cfg["build"].items():
-            if key in self.build and self.build[key] != value and key != "num_fp16_res":
-                raise CellsynthError(
-                    f"{path}: the snapshot was trained with {key}={value!r}, this run asks for "
-                    f"{self.build[key]!r}; use the snapshot's options to resume"
-                )
-        self.build = dict(
-            cfg["build"], **{k: self.build[k] for k in ("num_fp16_res",) if k in self.build}
-        )
+        self.build = check_resume(snap["config"], self.opts, self.data, self.build)
 
     def _load_resume(self, snap: dict) -> None:
         from cellsynth.training.checkpoint import set_rng_state
@@ -588,8 +592,7 @@ class Trainer:
         from cellsynth.training.grid import save_grid, tensor_to_uint8
 
         grid = tensor_to_uint8(self.fakes())
-        k = self.cur_nimg // 1000
-        save_grid(self.run_dir / f"fakes{k:06d}.png", grid)
+        save_grid(self.run_dir / f"fakes{kimg_stamp(self.cur_nimg)}.png", grid)
         if self.logger is not None:
             from cellsynth.training.grid import make_grid
 

@@ -31,6 +31,11 @@ def _plane(image: np.ndarray, channel: int | None) -> np.ndarray:
         image = image[..., c]
     elif image.ndim != 2:
         raise CellsynthError(f"threshold: expected an H x W (x C) image, got shape {image.shape}")
+    elif channel is not None and int(channel) not in (0, -1):
+        raise CellsynthError(
+            f"threshold: channel {int(channel)} out of range for a 1-channel image (use 0 or "
+            "leave the channel out)"
+        )
     if image.size == 0:
         raise CellsynthError("threshold: empty image")
     plane = image.astype(np.float64)

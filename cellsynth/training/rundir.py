@@ -9,7 +9,8 @@ from pathlib import Path
 
 from cellsynth.atomic import write_text
 
-_RUN = re.compile(r"^(\d{5})-")
+RUN_FOLDER = re.compile(r"^(\d{5})-")  # the name of a run folder starts with its number
+_RUN = RUN_FOLDER
 
 
 def next_run_id(outdir: str | os.PathLike) -> int:
