@@ -5,6 +5,7 @@ leaves a half-written file behind, and nothing is overwritten unless the caller 
 An ``OSError`` raised while writing (no space, read-only, permission denied, a file where a
 folder should be, a name too long) carries the path being written, so the command line
 (:func:`os_error_message`) can say in one line which path failed and why.
+:func:`file_sha256` is the one checksum of a written file (checkpoint provenance).
 Leaf module: imports nothing from cellsynth but the error type.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
@@ -202,3 +204,12 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         if isinstance(exc, OSError):
             raise _naming(exc, path, tmp) from exc
         raise
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB chunks), e.g. a checkpoint's provenance."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -65,3 +65,21 @@ def test_demo_bad_input(tmp_path):
         text=True,
     )
     assert r.returncode != 0 and "huge" in r.stderr
+
+
+def test_report_of_failed_stages(tmp_path):
+    """The report is written whatever failed, and shows the failures (htmlkit page)."""
+    from cellsynth.datasets.simulate import simulate_dataset
+    from cellsynth.demo import write_demo_report
+
+    simulate_dataset(tmp_path / "data", n_train=1, n_test=2, size=32, mean_radius=5, seed=0)
+    pipe = Pipeline(echo=lambda m: None)
+    pipe.run("data", lambda: {"detail": "fine"})
+    pipe.run("pack", lambda: 1 / 0, "data")
+    pipe.run("synth", lambda: None, "pack")
+    summary = {"preset": "tiny", "minutes_budget": 1.0, "seconds_total": 3.0}
+    page = write_demo_report(tmp_path, pipe, {"data": tmp_path / "data"}, summary).read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<script" not in page
+    assert "ZeroDivisionError" in page and "<h2>Errors</h2>" in page
+    assert "needs pack" in page and "Synthetic images" not in page
+    assert page.count("data:image/png;base64,") == 4  # 2 held-out images, with contours

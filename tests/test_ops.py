@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import np_act, np_upfirdn, rand_filter, random_flrelu_cases, random_upfirdn_cases
 
 from cellsynth.errors import CellsynthError
 from cellsynth.stylegan3.ops import (
@@ -28,33 +29,6 @@ IMPLS = ["ref", "cpu"]
 # slow references (numpy, float64)
 
 
-def np_upfirdn(x, f, up, down, pad, flip, gain):
-    """Zero-insert, pad/crop, convolve with explicit tap loops, decimate."""
-    x = np.asarray(x, dtype=np.float64)
-    f = np.asarray(f, dtype=np.float64)
-    if f.ndim == 1:
-        f = np.outer(f, f)
-    f = f * gain
-    if not flip:
-        f = f[::-1, ::-1]  # true convolution = correlation with the flipped filter
-    n, c, h, w = x.shape
-    z = np.zeros((n, c, h * up, w * up))
-    z[:, :, ::up, ::up] = x
-    px0, px1, py0, py1 = pad
-    zp = np.zeros((n, c, h * up + max(py0, 0) + max(py1, 0), w * up + max(px0, 0) + max(px1, 0)))
-    zp[:, :, max(py0, 0) : max(py0, 0) + h * up, max(px0, 0) : max(px0, 0) + w * up] = z
-    zp = zp[
-        :, :, max(-py0, 0) : zp.shape[2] - max(-py1, 0), max(-px0, 0) : zp.shape[3] - max(-px1, 0)
-    ]
-    fh, fw = f.shape
-    oh, ow = zp.shape[2] - fh + 1, zp.shape[3] - fw + 1
-    out = np.zeros((n, c, oh, ow))
-    for a in range(fh):
-        for b in range(fw):
-            out += zp[:, :, a : a + oh, b : b + ow] * f[a, b]
-    return out[:, :, ::down, ::down]
-
-
 def np_conv(x, w, groups=1):
     """Valid cross-correlation with explicit loops over taps and groups."""
     n, cin, h, wd = x.shape
@@ -69,39 +43,6 @@ def np_conv(x, w, groups=1):
                     patch = xs[:, :, a : a + out.shape[2], b : b + out.shape[3]]
                     out[:, g * opg + o] += np.einsum("nchw,c->nhw", patch, w[g * opg + o, :, a, b])
     return out
-
-
-def np_act(x, act, alpha, gain, clamp):
-    if act == "linear":
-        y = x
-    elif act == "relu":
-        y = np.maximum(x, 0)
-    elif act == "lrelu":
-        y = np.where(x > 0, x, x * alpha)
-    elif act == "tanh":
-        y = np.tanh(x)
-    elif act == "sigmoid":
-        y = 1 / (1 + np.exp(-x))
-    elif act == "elu":
-        y = np.where(x > 0, x, np.expm1(x))
-    elif act == "selu":
-        a, s = 1.6732632423543772, 1.0507009873554805
-        y = s * np.where(x > 0, x, a * np.expm1(x))
-    elif act == "softplus":
-        y = np.log1p(np.exp(x))
-    elif act == "swish":
-        y = x / (1 + np.exp(-x))
-    y = y * gain
-    if clamp is not None:
-        y = np.clip(y, -clamp, clamp)
-    return y
-
-
-def rand_filter(rng, taps, separable):
-    f = upfirdn2d.setup_filter(torch.as_tensor(rng.uniform(0.1, 1.0, taps)), separable=separable)
-    if not separable and rng.random() < 0.3:  # a general (non-rank-1) 2-D filter
-        f = upfirdn2d.setup_filter(torch.as_tensor(rng.uniform(-0.2, 1.0, (taps, taps + 1))))
-    return f
 
 
 # ------------------------------------------------------------------------------------------------
@@ -194,29 +135,10 @@ def test_bias_act_errors():
 # upfirdn2d
 
 
-def _random_upfirdn_cases(n, seed):
-    rng = np.random.default_rng(seed)
-    cases = []
-    while len(cases) < n:
-        taps = int(rng.integers(1, 13))
-        separable = bool(rng.random() < 0.5)
-        f = rand_filter(rng, taps, separable)
-        up, down = int(rng.choice([1, 2, 4])), int(rng.choice([1, 2, 4]))
-        pad = [int(p) for p in rng.integers(-2, 7, size=4)]
-        h, w = int(rng.integers(3, 12)), int(rng.integers(3, 12))
-        fw, fh = upfirdn2d.get_filter_size(f)
-        if h * up + pad[2] + pad[3] < fh or w * up + pad[0] + pad[1] < fw:
-            continue
-        cases.append(
-            (f, up, down, pad, h, w, bool(rng.random() < 0.5), float(rng.choice([1, 2.5])))
-        )
-    return cases
-
-
 @pytest.mark.parametrize("impl", IMPLS)
 def test_upfirdn2d_against_loops(impl):
     gen = torch.Generator().manual_seed(0)
-    for f, up, down, pad, h, w, flip, gain in _random_upfirdn_cases(60, seed=1):
+    for f, up, down, pad, h, w, flip, gain in random_upfirdn_cases(60, seed=1):
         x = torch.randn(2, 3, h, w, generator=gen)
         y = upfirdn2d.upfirdn2d(
             x, f, up=up, down=down, padding=pad, flip_filter=flip, gain=gain, impl=impl
@@ -229,7 +151,7 @@ def test_upfirdn2d_against_loops(impl):
 
 def test_upfirdn2d_fast_matches_ref_forward_backward():
     gen = torch.Generator().manual_seed(1)
-    for f, up, down, pad, h, w, flip, gain in _random_upfirdn_cases(40, seed=2):
+    for f, up, down, pad, h, w, flip, gain in random_upfirdn_cases(40, seed=2):
         x = torch.randn(2, 2, h, w, generator=gen, requires_grad=True)
         kw = dict(up=up, down=down, padding=pad, flip_filter=flip, gain=gain)
         y_ref = upfirdn2d.upfirdn2d(x, f, impl="ref", **kw)
@@ -252,7 +174,7 @@ def test_upfirdn2d_fast_matches_ref_forward_backward():
 @pytest.mark.parametrize("impl", IMPLS)
 def test_upfirdn2d_gradcheck(impl):
     gen = torch.Generator().manual_seed(2)
-    for f, up, down, pad, h, w, flip, gain in _random_upfirdn_cases(6, seed=3):
+    for f, up, down, pad, h, w, flip, gain in random_upfirdn_cases(6, seed=3):
         x = torch.randn(1, 2, h, w, dtype=torch.float64, generator=gen, requires_grad=True)
 
         def fn(x, f=f, up=up, down=down, pad=pad, flip=flip, gain=gain):
@@ -326,30 +248,10 @@ def test_upfirdn2d_errors():
 # filtered_lrelu
 
 
-def _random_flrelu_cases(n, seed):
-    rng = np.random.default_rng(seed)
-    cases = []
-    while len(cases) < n:
-        up, down = int(rng.choice([1, 2, 4])), int(rng.choice([1, 2, 4]))
-        fu = rand_filter(rng, int(rng.integers(1, 13)), bool(rng.random() < 0.6))
-        fd = rand_filter(rng, int(rng.integers(1, 13)), bool(rng.random() < 0.6))
-        pad = [int(p) for p in rng.integers(-1, 9, size=4)]
-        h, w = int(rng.integers(4, 11)), int(rng.integers(4, 11))
-        if min(output_size((h, w), fu, fd, up, down, pad)) < 1:
-            continue
-        if min(h * up + pad[2] + pad[3], w * up + pad[0] + pad[1]) < 12:
-            continue
-        gain = float(rng.choice([1.0, math.sqrt(2)]))
-        slope = float(rng.choice([0.2, 1.0]))
-        clamp = None if rng.random() < 0.5 else 0.7
-        cases.append((fu, fd, up, down, pad, h, w, gain, slope, clamp, bool(rng.random() < 0.3)))
-    return cases
-
-
 @pytest.mark.parametrize("impl", IMPLS)
 def test_filtered_lrelu_against_composition(impl):
     gen = torch.Generator().manual_seed(3)
-    for fu, fd, up, down, pad, h, w, gain, slope, clamp, flip in _random_flrelu_cases(25, seed=4):
+    for fu, fd, up, down, pad, h, w, gain, slope, clamp, flip in random_flrelu_cases(25, seed=4):
         x = torch.randn(2, 3, h, w, generator=gen)
         b = torch.randn(3, generator=gen)
         y = filtered_lrelu(x, fu, fd, b, up, down, pad, gain, slope, clamp, flip, impl=impl)
@@ -364,7 +266,7 @@ def test_filtered_lrelu_against_composition(impl):
 
 def test_filtered_lrelu_fast_matches_ref_grads():
     gen = torch.Generator().manual_seed(4)
-    for fu, fd, up, down, pad, h, w, gain, slope, clamp, flip in _random_flrelu_cases(15, seed=5):
+    for fu, fd, up, down, pad, h, w, gain, slope, clamp, flip in random_flrelu_cases(15, seed=5):
         x = torch.randn(2, 3, h, w, generator=gen, requires_grad=True)
         b = torch.randn(3, generator=gen, requires_grad=True)
         outs = {}

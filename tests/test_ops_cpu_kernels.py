@@ -1,5 +1,5 @@
 """The compiled CPU FIR kernels (ops/cpu/fir.c via ctypes): build, cache, fallback, and the
-numbers they give against the explicit-loop numpy references of test_ops and the reference ops.
+numbers they give against the explicit-loop numpy references (conftest) and the reference ops.
 
 test_ops.py already runs every op with impl="cpu", which uses these kernels wherever they build;
 here: the pure-PyTorch fallback of the same impl, memory layouts, threads, float64 to tight
@@ -13,10 +13,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import np_act, np_upfirdn, random_flrelu_cases, random_upfirdn_cases
 
 from cellsynth.errors import CellsynthError
 from cellsynth.stylegan3.ops import cpu_kernels, filtered_lrelu, upfirdn2d
-from tests.test_ops import _random_flrelu_cases, _random_upfirdn_cases, np_act, np_upfirdn
 
 needs_cc = pytest.mark.skipif(
     cpu_kernels._compiler() is None, reason="no C compiler on this machine"
@@ -96,7 +96,7 @@ def test_compile_error_carries_the_log(tmp_path, monkeypatch):
 
 def test_upfirdn2d_fast_both_backends_against_loops(backend):
     gen = torch.Generator().manual_seed(7)
-    for f, up, down, pad, h, w, flip, gain in _random_upfirdn_cases(40, seed=11):
+    for f, up, down, pad, h, w, flip, gain in random_upfirdn_cases(40, seed=11):
         x = torch.randn(2, 5, h, w, generator=gen, dtype=torch.float64)
         y = upfirdn2d.upfirdn2d(
             x, f, up=up, down=down, padding=pad, flip_filter=flip, gain=gain, impl="cpu"
@@ -150,7 +150,7 @@ def test_filtered_lrelu_float64_against_composition_and_ref_grads(backend):
     # the kernels scale by the lrelu gain in float64; the fallback folds it into float32 taps
     tol = 1e-9 if backend == "kernels" else 1e-6
     gen = torch.Generator().manual_seed(5)
-    cases = _random_flrelu_cases(20, seed=21)
+    cases = random_flrelu_cases(20, seed=21)
     for fu, fd, up, down, pad, h, w, gain, slope, clamp, flip in cases:
         x = torch.randn(2, 4, h, w, generator=gen, dtype=torch.float64, requires_grad=True)
         b = torch.randn(4, generator=gen, dtype=torch.float64, requires_grad=True)

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from cellsynth.errors import CellsynthError
-from cellsynth.stylegan3.ops import cuda_build, cuda_ops
+from cellsynth.stylegan3.ops import common, cuda_build, cuda_ops
 from cellsynth.stylegan3.ops.bias_act import bias_act
 from cellsynth.stylegan3.ops.filtered_lrelu import filtered_lrelu
 from cellsynth.stylegan3.ops.upfirdn2d import setup_filter, upfirdn2d
@@ -89,7 +89,7 @@ def test_file_lock_serialises(tmp_path):
     events = []
 
     def hold():
-        with cuda_build._file_lock(lock):
+        with common.file_lock(lock):
             events.append(("a-in", time.monotonic()))
             time.sleep(0.3)
             events.append(("a-out", time.monotonic()))
@@ -98,7 +98,7 @@ def test_file_lock_serialises(tmp_path):
     t.start()
     while not events:
         time.sleep(0.01)
-    with cuda_build._file_lock(lock):
+    with common.file_lock(lock):
         events.append(("b-in", time.monotonic()))
     t.join()
     assert [e[0] for e in events] == ["a-in", "a-out", "b-in"]

@@ -358,3 +358,46 @@ def test_tools_cli_points_combine_threshold(tmp_path):
             ["tools", "combine", str(tmp_path), str(tmp_path / "pts"), "--out", str(tmp_path / "z")]
         )
     assert not (tmp_path / "z").exists()
+
+
+def test_points_and_synth_share_the_puncta_flags(tmp_path):
+    """`tools points` and `synth` take the same --spots-* flags (one declaration); the old
+    names still work and are hidden from --help."""
+    from click.testing import CliRunner
+
+    from cellsynth.cli import cli
+    from cellsynth.datasets import write_labels
+
+    write_labels(tmp_path / "m" / "a.tif", _cells())
+    run = CliRunner()
+    outs = {}
+    for tag, flags in (
+        ("new", ["--spots-count", "2", "--spots-fixed", "--spots-psf-sigma", "1.5"]),
+        ("old", ["--count", "2", "--fixed", "--psf-sigma", "1.5"]),
+    ):
+        res = run.invoke(
+            cli, ["tools", "points", str(tmp_path / "m"), "--out", str(tmp_path / tag), *flags]
+        )
+        assert res.exit_code == 0, res.output
+        outs[tag] = (tmp_path / tag / "spots" / "a.csv").read_text()
+    assert outs["new"] == outs["old"]
+    points_help = run.invoke(cli, ["tools", "points", "--help"]).output
+    synth_help = run.invoke(cli, ["synth", "--help"]).output
+    for name in ("count", "fixed", "spread", "sigma", "scale", "matrix", "intensity", "psf-sigma"):
+        assert f"--spots-{name}" in points_help and f"--spots-{name}" in synth_help
+    listed = points_help.split("Options:")[1]
+    assert "--count" not in listed and "--psf-sigma " not in listed
+    assert "--spots-psf " not in synth_help  # the old synth spelling: accepted, not shown
+    res = run.invoke(
+        cli,
+        [
+            "tools",
+            "points",
+            str(tmp_path / "m"),
+            "--out",
+            str(tmp_path / "x"),
+            "--spots-count",
+            "-1",
+        ],
+    )
+    assert res.exit_code != 0 and not (tmp_path / "x").exists()

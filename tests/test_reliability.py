@@ -136,9 +136,10 @@ SQUARE = [[4, 4, 14, 4, 14, 14, 4, 14]]
 def shared(tmp_path_factory, tiny_masks_zip, sg2_snapshot):
     """Inputs the cases read (never write): a canonical dataset, masks zips, a pairs folder,
     a snapshot, single images."""
+    from conftest import make_masks_zip
+
     from cellsynth.datasets.pack import pack_pairs
     from cellsynth.datasets.simulate import simulate_dataset
-    from tests.test_sg3_training import make_masks_zip
 
     base = tmp_path_factory.mktemp("shared")
     s = {"canon": base / "canon", "zip": tiny_masks_zip, "snap": sg2_snapshot}

@@ -5,28 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import sg3_snapshot
 
 from cellsynth.errors import CellsynthError
-from tests.test_sg3_training import _opts, make_masks_zip
-
-
-def _snapshot(tmp, cfg, encoding="fbd", classes=None):
-    """An (untrained) snapshot written by the trainer itself."""
-    from cellsynth.stylegan3.training_loop import Trainer
-
-    data = make_masks_zip(tmp / f"{cfg}-{encoding}.zip", encoding=encoding, classes=classes)
-    tr = Trainer(_opts(data, tmp, cfg=cfg, cond=bool(classes)))
-    return tr.save_snapshot(tmp / f"{cfg}-{encoding}{'-cond' if classes else ''}.pt")
 
 
 @pytest.fixture(scope="module")
 def snaps(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("snaps")
     return {
-        "sg2": _snapshot(tmp, "stylegan2"),
-        "sg3": _snapshot(tmp, "stylegan3-t"),
-        "bin": _snapshot(tmp, "stylegan2", encoding="binary"),
-        "cond": _snapshot(tmp, "stylegan2", classes=["a", "b"]),
+        "sg2": sg3_snapshot(tmp, "stylegan2"),
+        "sg3": sg3_snapshot(tmp, "stylegan3-t"),
+        "bin": sg3_snapshot(tmp, "stylegan2", encoding="binary"),
+        "cond": sg3_snapshot(tmp, "stylegan2", classes=["a", "b"]),
     }
 
 

@@ -108,12 +108,13 @@ def test_object_features_and_realism():
 def test_metrics_command_realism(tmp_path, capsys):
     import json
 
+    from conftest import make_masks_zip, sg3_options
+
     from cellsynth.cli import main
     from cellsynth.stylegan3.training_loop import Trainer
-    from tests.test_sg3_training import _opts, make_masks_zip
 
     data = make_masks_zip(tmp_path / "m.zip", encoding="binary")
-    snap = Trainer(_opts(data, tmp_path, cfg="stylegan2")).save_snapshot(tmp_path / "s.pt")
+    snap = Trainer(sg3_options(data, tmp_path, cfg="stylegan2")).save_snapshot(tmp_path / "s.pt")
     main(["stylegan3", "metrics", "--network", str(snap), "--data", str(data), "--num-gen", "8"])
     out = json.loads(capsys.readouterr().out)["realism"]
     assert out["num_images_fake"] == 8 and out["num_images_real"] == 8

@@ -3,54 +3,16 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
-import zipfile
 
 import numpy as np
 import pytest
 import torch
+from conftest import SG3_TINY, make_masks_zip, sg3_options
 
 from cellsynth.errors import CellsynthError
-
-TINY = dict(
-    cbase=512, cmax=16, map_depth=1, z_dim=16, w_dim=16, batch=4, gamma=1.0, device="cpu", workers=1
-)
-
-
-def make_masks_zip(path, n=8, res=32, encoding="fbd", seed=0, classes=None):
-    """A masks zip in the agreed format (random disks, encoded with the codec)."""
-    from PIL import Image
-
-    from cellsynth.tools.codec import encode_mask
-
-    rng = np.random.default_rng(seed)
-    labels = []
-    with zipfile.ZipFile(path, "w") as z:
-        for i in range(n):
-            lab = np.zeros((res, res), np.uint16)
-            yy, xx = np.ogrid[:res, :res]
-            for k in range(1, int(rng.integers(2, 5)) + 1):
-                cy, cx = rng.integers(5, res - 5, 2)
-                r = int(rng.integers(2, 5))
-                lab[((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (lab == 0)] = k
-            buf = io.BytesIO()
-            Image.fromarray(encode_mask(lab, encoding)).save(buf, format="PNG")
-            name = f"00000/img{i:08d}.png"
-            z.writestr(name, buf.getvalue())
-            labels.append([name, i % len(classes)] if classes else None)
-        z.writestr("dataset.json", json.dumps({"labels": labels if classes else None}))
-        meta = {
-            "encoding": encoding,
-            "channels": 3 if encoding == "fbd" else 1,
-            "resolution": res,
-            "classes": classes,
-            "source": "test",
-        }
-        z.writestr("cellsynth.json", json.dumps(meta))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +23,6 @@ def fbd_zip(tmp_path_factory):
 @pytest.fixture(scope="module")
 def binary_zip(tmp_path_factory):
     return make_masks_zip(tmp_path_factory.mktemp("data") / "bin.zip", encoding="binary")
-
-
-def _opts(data, outdir, **kw):
-    from cellsynth.stylegan3.train import check_options, default_options
-
-    return check_options(default_options(data=str(data), outdir=str(outdir), **{**TINY, **kw}))
 
 
 # --------------------------------------------------------------------------------- ADA
@@ -158,7 +114,7 @@ def test_blur_matches_direct_convolution():
 def test_few_steps_each_config(cfg, fbd_zip, tmp_path):
     from cellsynth.stylegan3.training_loop import Trainer
 
-    opts = _opts(fbd_zip, tmp_path, cfg=cfg, aug="fixed", p=0.5)
+    opts = sg3_options(fbd_zip, tmp_path, cfg=cfg, aug="fixed", p=0.5)
     tr = Trainer(opts)
     before = [p.detach().clone() for p in tr.G.parameters()]
     for _ in range(2):
@@ -181,7 +137,7 @@ def test_ada_updates_p_from_real_signs(fbd_zip, tmp_path, seed):
     from cellsynth.stylegan3.training_loop import ADA_INTERVAL, Trainer
 
     # ada_kimg tiny: one update moves p by 16 images / 1 image -> clipped to 0 or 1.
-    tr = Trainer(_opts(fbd_zip, tmp_path, cfg="stylegan2", aug="ada", target=0.0, seed=seed))
+    tr = Trainer(sg3_options(fbd_zip, tmp_path, cfg="stylegan2", aug="ada", target=0.0, seed=seed))
     tr.ada_kimg = 0.001
     signs = []
     for _ in range(ADA_INTERVAL):
@@ -196,12 +152,16 @@ def test_resume_gives_identical_steps(fbd_zip, tmp_path):
     from cellsynth.stylegan3.train import train
 
     common = dict(cfg="stylegan2", aug="fixed", p=0.5, tick=0.008, snap=1)
-    whole = train(**{**TINY, **common}, data=str(fbd_zip), outdir=str(tmp_path / "a"), kimg=0.024)
-    first = train(**{**TINY, **common}, data=str(fbd_zip), outdir=str(tmp_path / "b"), kimg=0.012)
+    whole = train(
+        **{**SG3_TINY, **common}, data=str(fbd_zip), outdir=str(tmp_path / "a"), kimg=0.024
+    )
+    first = train(
+        **{**SG3_TINY, **common}, data=str(fbd_zip), outdir=str(tmp_path / "b"), kimg=0.012
+    )
     snap = first / "network-snapshot-000000.012.pt"
     assert snap.is_file() and (first / "network-snapshot-000000.008.pt").is_file()
     second = train(
-        **{**TINY, **common},
+        **{**SG3_TINY, **common},
         data=str(fbd_zip),
         outdir=str(tmp_path / "b"),
         kimg=0.024,
@@ -218,7 +178,7 @@ def test_resume_gives_identical_steps(fbd_zip, tmp_path):
             assert torch.equal(v, b[net][k]), f"{net}.{k}"
     # and an interrupted run really differs from a fresh one with another seed
     c = train(
-        **{**TINY, **common}, data=str(fbd_zip), outdir=str(tmp_path / "c"), kimg=0.024, seed=1
+        **{**SG3_TINY, **common}, data=str(fbd_zip), outdir=str(tmp_path / "c"), kimg=0.024, seed=1
     )
     c = torch.load(c / "network-snapshot-000000.024.pt", weights_only=True)
     assert any(not torch.equal(v, c["G"][k]) for k, v in a["G"].items())
@@ -229,7 +189,7 @@ def test_run_folder_contents(fbd_zip, tmp_path):
     from cellsynth.training.logging import read_stats
 
     run = train(
-        **TINY,
+        **SG3_TINY,
         data=str(fbd_zip),
         outdir=str(tmp_path),
         kimg=0.008,
@@ -263,7 +223,7 @@ def test_two_process_gloo_run(fbd_zip, tmp_path):
     from cellsynth.stylegan3.train import train
 
     run = train(
-        **{**TINY, "batch": 4},
+        **{**SG3_TINY, "batch": 4},
         gpus=2,
         data=str(fbd_zip),
         outdir=str(tmp_path),
@@ -282,10 +242,10 @@ def test_two_process_gloo_run(fbd_zip, tmp_path):
 def test_resume_with_wrong_channels_is_refused(fbd_zip, binary_zip, tmp_path):
     from cellsynth.stylegan3.train import train
 
-    run = train(**TINY, data=str(fbd_zip), outdir=str(tmp_path), kimg=0.004, tick=0.004, snap=1)
+    run = train(**SG3_TINY, data=str(fbd_zip), outdir=str(tmp_path), kimg=0.004, tick=0.004, snap=1)
     snap = run / "network-snapshot-000000.004.pt"
     with pytest.raises(CellsynthError, match="channel"):
-        train(**TINY, data=str(binary_zip), outdir=str(tmp_path), kimg=0.008, resume=str(snap))
+        train(**SG3_TINY, data=str(binary_zip), outdir=str(tmp_path), kimg=0.008, resume=str(snap))
 
 
 def test_resume_latest_skips_partial_files(fbd_zip, tmp_path):
@@ -295,7 +255,7 @@ def test_resume_latest_skips_partial_files(fbd_zip, tmp_path):
         find_latest(tmp_path)
     from cellsynth.stylegan3.train import train
 
-    run = train(**TINY, data=str(fbd_zip), outdir=str(tmp_path), kimg=0.004, tick=0.004, snap=1)
+    run = train(**SG3_TINY, data=str(fbd_zip), outdir=str(tmp_path), kimg=0.004, tick=0.004, snap=1)
     good = run / "network-snapshot-000000.004.pt"
     later = tmp_path / "00009-x"
     later.mkdir()

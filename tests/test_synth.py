@@ -223,6 +223,41 @@ def test_cli(tmp_path):
     assert exc.value.code == 2 and not (tmp_path / "d").exists()
 
 
+# ---- options: declared once --------------------------------------------------------------------
+def test_options_are_declared_once(tmp_path):
+    """Every option field gives a keyword, a CLI flag and a manifest entry; old spellings map to
+    the same fields; the options passed as an object give the same run as keywords."""
+    from click.testing import CliRunner
+
+    from cellsynth.cli import cli
+    from cellsynth.options import keyword_map, named_fields
+    from cellsynth.synth import SynthOptions
+
+    kws = keyword_map(SynthOptions.GROUPS)
+    assert kws["spots_psf"] == kws["spots_psf_sigma"] == ("spots", "psf_sigma")
+    assert kws["spots_scale_image"] == kws["spots_image_scale"] == ("spots", "image_scale")
+    assert kws["photons"] == ("spots", "photons") and kws["class_idx"] == ("gan", "class_idx")
+    help_text = CliRunner().invoke(cli, ["synth", "--help"]).output
+    stored = SynthOptions().check().manifest()
+    for group, (cls, prefix) in SynthOptions.GROUPS.items():
+        for n in named_fields(cls, prefix):
+            assert n.flag in help_text, n.flag
+            if group == "spots":
+                assert n.key in stored["spots"]
+            elif group in ("sources", "gan", "decode", "cells"):
+                assert n.key in stored, n.key
+    assert set(stored) >= {"simulate", "render", "spots"} and "batch" not in stored
+    with pytest.raises(TypeError, match="no_such_option"):
+        synth(tmp_path / "x", no_such_option=1)
+    opts = SynthOptions.from_kwargs(seeds="0-1", size=32, mean_radius=5, spots_psf=1.5)
+    synth(tmp_path / "obj", options=opts)
+    synth(tmp_path / "kw", seeds="0-1", size=32, mean_radius=5, spots_psf_sigma=1.5)
+    _same_files(tmp_path / "obj", tmp_path / "kw")
+    for bad, match in (({"bit_depth": 12}, "--bit-depth"), ({"upscale": 1.5}, "whole number")):
+        with pytest.raises(CellsynthError, match=match):
+            synth(tmp_path / "y", seeds="0", size=32, **bad)
+
+
 # ---- GAN sources (tiny untrained networks written by the test) -------------------------------
 @pytest.fixture
 def one_thread():

@@ -3,15 +3,14 @@
 Per test dataset: a table of the pooled metrics of every segmenter, AP against the IoU threshold
 (matplotlib), object counts, and overlays of each segmenter's output on a few sample images with
 contours coloured by match at IoU 0.5 (green: true positive, red: false positive, yellow: missed
-true object); then the segmenters (status, error, options, budget, times) and the datasets'
-provenance (``manifest.json`` of synthetic data, ``dataset.json`` of imported data).
+true object); then, when any segmenter was trained, the learning curves (validation AP@0.5
+against minutes) and the post-processing chosen on the validation slice; then the segmenters
+(status, error, options, budget, times) and the datasets' provenance (``manifest.json`` of
+synthetic data, ``dataset.json`` of imported data).
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import math
 from pathlib import Path
@@ -21,6 +20,20 @@ import numpy as np
 from cellsynth.atomic import write_text
 from cellsynth.benchmark import metrics
 from cellsynth.errors import CellsynthError
+from cellsynth.htmlkit import (  # noqa: F401 (CSS is re-exported)
+    CSS,
+    display_image,
+    escape,
+    figure_uri,
+    html_page,
+    html_table,
+    panel_grid,
+    png_base64,
+    pyplot,
+)
+from cellsynth.htmlkit import number as _num
+from cellsynth.htmlkit import png_uri as _png_uri  # noqa: F401 (re-exported)
+from cellsynth.htmlkit import pyplot as _pyplot  # noqa: F401 (re-exported)
 
 COLOURS = {
     "tp": (40, 220, 60),
@@ -29,48 +42,7 @@ COLOURS = {
     "true": (0, 200, 255),
 }
 
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;
-max-width:1400px}
-h1{font-size:1.6em}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:2em}
-table{border-collapse:collapse;margin:8px 0 16px 0;font-size:0.9em}
-th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f0f0f0}td.l,th.l{text-align:left}
-tr.failed td{background:#fde8e8}td.best{font-weight:bold;background:#e6f6e6}
-.err{color:#b00;font-family:monospace;font-size:0.85em;text-align:left}
-.grid{display:flex;flex-wrap:wrap;gap:6px;margin-bottom:12px}
-.panel{text-align:center;font-size:0.8em}.panel img{width:300px;image-rendering:pixelated;
-border:1px solid #999}
-pre{background:#f7f7f7;padding:8px;font-size:0.8em;overflow:auto;max-height:300px}
-.legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;
-vertical-align:middle}
-.muted{color:#777}
-"""
-
-
 # ----------------------------------------------------------------------------- images
-
-
-def png_base64(rgb: np.ndarray) -> str:
-    """uint8 H x W (x 3) array -> ``data:image/png;base64,...`` URI."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def display_image(image: np.ndarray) -> np.ndarray:
-    """H x W (x C) image -> uint8 RGB for display (channels averaged, 1-99.8 % stretch)."""
-    from cellsynth.datasets.io import image_to_float
-
-    x = image_to_float(np.asarray(image))
-    if x.ndim == 3:
-        x = x[..., : 3 if x.shape[-1] >= 3 else x.shape[-1]].mean(axis=-1)
-    lo, hi = np.percentile(x, (1, 99.8))
-    x = np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1)
-    g = np.rint(x * 255).astype(np.uint8)
-    return np.stack([g, g, g], axis=-1)
 
 
 def _paint(rgb: np.ndarray, labels: np.ndarray, ids, colour) -> None:
@@ -105,11 +77,7 @@ def overlay(image: np.ndarray, true: np.ndarray, pred: np.ndarray | None, thresh
 
 def ap_plot(results: dict, dkey: str) -> str | None:
     """AP against IoU threshold for each segmenter on one dataset, as a PNG data URI."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     th = results["thresholds"]
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     drawn = 0
@@ -129,56 +97,67 @@ def ap_plot(results: dict, dkey: str) -> str | None:
     ax.set_title(f"AP against IoU threshold: {dkey}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return figure_uri(fig)
+
+
+def _real(x) -> float | None:
+    """``x`` as a finite float, or None (missing, None, NaN, not a number, bool)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return None
+    return float(x)
+
+
+def _trainings(results: dict) -> dict:
+    """Segmenter name -> its ``training`` dict, for the segmenters that have one."""
+    out = {}
+    for sname, sres in (results.get("segmenters") or {}).items():
+        t = sres.get("training") if isinstance(sres, dict) else None
+        if isinstance(t, dict):
+            out[sname] = t
+    return out
+
+
+def _curve_points(training: dict) -> list[tuple[float, float]]:
+    """(minutes, val AP@0.5) of a training curve, sorted by time; unusable points dropped."""
+    pts = []
+    for p in training.get("curve") or []:
+        if not isinstance(p, dict):
+            continue
+        x, y = _real(p.get("minutes")), _real(p.get("val_ap50"))
+        if x is not None and y is not None:
+            pts.append((x, y))
+    return sorted(pts)
+
+
+def curve_plot(results: dict) -> str | None:
+    """Validation AP@0.5 against training minutes, one line per segmenter with a curve and its
+    best checkpoint starred, as a PNG data URI (None when no segmenter has a curve)."""
+    curves = {s: (_curve_points(t), t.get("best")) for s, t in _trainings(results).items()}
+    curves = {s: c for s, c in curves.items() if c[0]}
+    if not curves:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    starred = False
+    for sname, (pts, best) in curves.items():
+        (line,) = ax.plot(*zip(*pts), marker="o", ms=3, label=sname)
+        bx = _real(best.get("minutes")) if isinstance(best, dict) else None
+        by = _real(best.get("val_ap50")) if isinstance(best, dict) else None
+        if bx is not None and by is not None:
+            ax.plot([bx], [by], marker="*", ms=14, color=line.get_color(), mec="k", ls="none")
+            starred = True
+    if starred:
+        ax.plot([], [], marker="*", ms=10, color="w", mec="k", ls="none", label="best checkpoint")
+    ax.set_xlabel("training time (minutes)")
+    ax.set_ylabel("validation AP@0.5")
+    ax.set_ylim(0, 1)
+    ax.set_title("Validation AP@0.5 during training", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return figure_uri(fig)
 
 
 # ----------------------------------------------------------------------------- html helpers
-
-
-def _num(x, digits=3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    if isinstance(x, int):
-        return str(x)
-    return f"{x:.{digits}f}"
-
-
-def escape(x) -> str:
-    return html.escape(str(x))
-
-
-def html_table(header, rows, left=1, best_cols=(), row_class=None) -> str:
-    """HTML table; the best (max) value of each column index in ``best_cols`` is highlighted."""
-    best = {}
-    for c in best_cols:
-        vals = [r[c] for r in rows if isinstance(r[c], (int, float)) and r[c] == r[c]]
-        if vals:
-            best[c] = max(vals)
-    out = ["<table><tr>"]
-    out += [
-        f"<th class='l'>{escape(h)}</th>" if i < left else f"<th>{escape(h)}</th>"
-        for i, h in enumerate(header)
-    ]
-    out.append("</tr>")
-    for k, r in enumerate(rows):
-        cls = f" class='{row_class[k]}'" if row_class and row_class[k] else ""
-        out.append(f"<tr{cls}>")
-        for i, v in enumerate(r):
-            classes = []
-            if i < left:
-                classes.append("l")
-            if i in best and isinstance(v, (int, float)) and v == best[i] and len(rows) > 1:
-                classes.append("best")
-            c = f" class='{' '.join(classes)}'" if classes else ""
-            text = _num(v) if isinstance(v, float) or v is None else escape(v)
-            out.append(f"<td{c}>{text}</td>")
-        out.append("</tr>")
-    out.append("</table>")
-    return "".join(out)
 
 
 def _find(folder: Path, name: str) -> Path | None:
@@ -192,11 +171,19 @@ def _find(folder: Path, name: str) -> Path | None:
 
 
 def dataset_section(out_dir: Path, results: dict, dkey: str) -> str:
-    from cellsynth.datasets.io import read_image, read_labels
-
+    """The section of one test dataset: pooled metrics, AP plot, counts, sample overlays."""
     info = results["datasets"][dkey]
     parts = [f"<h2>Dataset {escape(dkey)}</h2>"]
     parts.append(f"<p class='muted'>{escape(info['path'])}: {info['n_images']} images</p>")
+    parts += _metrics_part(results, dkey)
+    parts += _counts_part(results, dkey)
+    parts += _overlays_part(out_dir, results, dkey)
+    return "\n".join(parts)
+
+
+def _metrics_part(results: dict, dkey: str) -> list[str]:
+    """The pooled metrics table of every segmenter, its errors and the AP plot."""
+    parts = []
     header = [
         "segmenter",
         "status",
@@ -251,7 +238,12 @@ def dataset_section(out_dir: Path, results: dict, dkey: str) -> str:
     plot = ap_plot(results, dkey)
     if plot:
         parts.append(f"<img alt='AP against IoU threshold' src='{plot}'>")
+    return parts
 
+
+def _counts_part(results: dict, dkey: str) -> list[str]:
+    """Object counts (true, predicted, TP/FP/FN at IoU 0.5, count errors)."""
+    parts = []
     header = [
         "segmenter",
         "true objects",
@@ -287,8 +279,15 @@ def dataset_section(out_dir: Path, results: dict, dkey: str) -> str:
     if rows:
         parts.append("<h3>Counts</h3>")
         parts.append(html_table(header, rows))
+    return parts
 
-    # overlays of the sample predictions kept by the runner
+
+def _overlays_part(out_dir: Path, results: dict, dkey: str) -> list[str]:
+    """Overlays of the sample predictions the runner kept, per sample image."""
+    from cellsynth.datasets.io import read_image, read_labels
+
+    info = results["datasets"][dkey]
+    parts = []
     seg_names = [s for s in results["segmenters"] if (out_dir / "samples" / s / dkey).is_dir()]
     names = sorted(
         {p.stem for s in seg_names for p in (out_dir / "samples" / s / dkey).glob("*.tif")}
@@ -338,13 +337,8 @@ def dataset_section(out_dir: Path, results: dict, dkey: str) -> str:
             m = metrics.match_instances(true, pred, 0.5)
             label = f"{sname}: TP {m.tp} FP {m.fp} FN {m.fn}"
             panels.append((label, png_base64(overlay(image, true, pred))))
-        parts.append(f"<h4>{escape(name)}</h4><div class='grid'>")
-        for label, uri in panels:
-            parts.append(
-                f"<div class='panel'><img alt='{escape(label)}' src='{uri}'><br>{escape(label)}</div>"
-            )
-        parts.append("</div>")
-    return "\n".join(parts)
+        parts.append(f"<h4>{escape(name)}</h4>{panel_grid(panels)}")
+    return parts
 
 
 def segmenter_section(results: dict) -> str:
@@ -376,6 +370,82 @@ def segmenter_section(results: dict) -> str:
     return "<h2>Segmenters</h2>" + html_table(header, rows, left=2, row_class=classes).replace(
         "<td>", "<td class='l'>"
     )
+
+
+def _param_text(v) -> str:
+    if isinstance(v, float) and not isinstance(v, bool):
+        return f"{v:g}"
+    return str(v)
+
+
+def training_section(results: dict) -> str:
+    """Learning curves and the post-processing chosen on the validation slice ("" when no
+    segmenter has a ``training`` dict)."""
+    trainings = _trainings(results)
+    if not trainings:
+        return ""
+    parts = ["<h2>Training and validation</h2>"]
+    parts.append(
+        "<p class='muted'>A validation slice is split off the training split with a fixed seed; "
+        "each segmenter keeps its checkpoint with the best validation AP@0.5, and its "
+        "post-processing parameters are chosen on the same validation slice.</p>"
+    )
+    plot = curve_plot(results)
+    if plot:
+        parts.append(f"<img alt='validation AP@0.5 against training minutes' src='{plot}'>")
+    header = [
+        "segmenter",
+        "precision",
+        "device",
+        "budget (min)",
+        "trained (min)",
+        "steps",
+        "epochs",
+        "validation images",
+        "best val AP@0.5",
+        "best at (min)",
+        "post-processing val AP@0.5 (default → chosen)",
+        "chosen post-processing",
+    ]
+    rows = []
+    for sname, t in trainings.items():
+        val = t.get("validation") if isinstance(t.get("validation"), dict) else {}
+        n_val = val.get("n_images")
+        extra = []
+        if _real(val.get("fraction")) is not None:
+            extra.append(f"{100 * val['fraction']:g} %")
+        if val.get("seed") is not None:
+            extra.append(f"seed {val['seed']}")
+        if n_val is not None and extra:
+            n_val = f"{n_val} ({', '.join(extra)})"
+        best = t.get("best") if isinstance(t.get("best"), dict) else {}
+        post = t.get("postprocess") if isinstance(t.get("postprocess"), dict) else {}
+        post_ap = "–"
+        if post:
+            default, chosen = _real(post.get("default_val_ap50")), _real(post.get("val_ap50"))
+            post_ap = f"{_num(default)} → {_num(chosen)}"
+            if post.get("tried") is not None:
+                post_ap += f" ({post['tried']} tried)"
+        params = post.get("params") if isinstance(post.get("params"), dict) else {}
+        seconds = _real(t.get("seconds"))
+        rows.append(
+            [
+                sname,
+                t.get("precision"),
+                t.get("device"),
+                _real(t.get("budget_minutes")),
+                None if seconds is None else seconds / 60,
+                t.get("steps"),
+                _real(t.get("epochs")),
+                n_val,
+                _real(best.get("val_ap50")),
+                _real(best.get("minutes")),
+                post_ap,
+                ", ".join(f"{k}={_param_text(v)}" for k, v in params.items()) or "–",
+            ]
+        )
+    parts.append(html_table(header, rows, best_cols=(8,), left_cols=(11,)))
+    return "\n".join(parts)
 
 
 def _provenance_section(results: dict) -> str:
@@ -418,13 +488,12 @@ def render_report(out_dir, results: dict) -> str:
     body = [f"<h1>cellsynth segmenter benchmark</h1>{head}"]
     for dkey in results["datasets"]:
         body.append(dataset_section(out_dir, results, dkey))
+    training = training_section(results)
+    if training:
+        body.append(training)
     body.append(segmenter_section(results))
     body.append(_provenance_section(results))
-    return (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        "<title>cellsynth benchmark</title>"
-        f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>"
-    )
+    return html_page("cellsynth benchmark", "".join(body))
 
 
 def write_report(out_dir, results: dict) -> Path:

@@ -13,8 +13,12 @@ from pathlib import Path
 import click
 import numpy as np
 
+from cellsynth.cli.options import flags
 from cellsynth.errors import CellsynthError
-from cellsynth.tools.parse import parse_matrix
+from cellsynth.options import take
+from cellsynth.tools.points import PREFIX as PUNCTA_PREFIX
+from cellsynth.tools.points import PunctaOptions
+from cellsynth.tools.threshold import METHODS
 
 
 def _inputs(path: str, sub: str, what: str) -> tuple[list[Path], bool]:
@@ -47,7 +51,7 @@ def tools():
 @click.option("--out", required=True, type=click.Path(), help="Output file or folder.")
 @click.option(
     "--method",
-    type=click.Choice(["otsu", "li", "triangle", "mean", "fixed", "local"]),
+    type=click.Choice(METHODS),
     default="otsu",
     show_default=True,
 )
@@ -110,80 +114,33 @@ def threshold_cmd(
 @tools.command("points")
 @click.argument("masks", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Output folder.")
-@click.option("--count", type=float, default=3.0, show_default=True, help="Spots per cell.")
-@click.option("--fixed", is_flag=True, help="Exactly --count spots per cell (not Poisson).")
-@click.option(
-    "--spread",
-    type=click.Choice(["isotropic", "shape", "matrix"]),
-    default="isotropic",
-    show_default=True,
-)
-@click.option("--sigma", type=float, default=2.0, show_default=True, help="Isotropic std (px).")
-@click.option("--scale", type=float, default=0.5, show_default=True, help="Shape: std factor.")
-@click.option("--matrix", default=None, help="Covariance sxx,sxy,syx,syy (--spread matrix).")
-@click.option(
-    "--intensity",
-    type=click.Choice(["lognormal", "gamma", "uniform", "constant"]),
-    default="lognormal",
-    show_default=True,
-)
-@click.option("--intensity-mean", type=float, default=3.0, show_default=True)
-@click.option("--intensity-spread", type=float, default=0.3, show_default=True)
-@click.option("--psf-sigma", type=float, default=1.0, show_default=True, help="PSF std (px).")
+@flags(PunctaOptions, PUNCTA_PREFIX, unprefixed_aliases=True)
 @click.option("--spot-masks", is_flag=True, help="Also write spot masks (discs) to masks/.")
 @click.option("--spot-radius", type=float, default=1.5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-def points_cmd(
-    masks,
-    out,
-    count,
-    fixed,
-    spread,
-    sigma,
-    scale,
-    matrix,
-    intensity,
-    intensity_mean,
-    intensity_spread,
-    psf_sigma,
-    spot_masks,
-    spot_radius,
-    seed,
-    overwrite,
-):
+def points_cmd(masks, out, spot_masks, spot_radius, seed, overwrite, **puncta):
     """Gaussian puncta in the cells of MASKS (a mask, a folder of masks, or a dataset folder).
 
     Writes OUT/spots/NAME.csv (x,y,cell_id,intensity), OUT/images/NAME.tif (float32 spots
-    image, full-scale units) and with --spot-masks OUT/masks/NAME.tif.
+    image, full-scale units) and with --spot-masks OUT/masks/NAME.tif. The --spots-* options
+    are those of `cellsynth synth` (the old names --count, --psf-sigma, ... still work).
     """
     from cellsynth.atomic import atomic_dir, write_text
     from cellsynth.datasets.io import read_labels, write_image, write_labels
     from cellsynth.tools.points import render_spots, simulate_spots, spots_mask, spots_to_csv
 
+    opts = PunctaOptions(**take(PunctaOptions, PUNCTA_PREFIX, puncta)).check()
     files, _ = _inputs(masks, "masks", "masks")
-    mat = parse_matrix(matrix, "--matrix")
     total = 0
     with atomic_dir(out, overwrite) as tmp:
         for f in files:
             labels = read_labels(f)
-            spots = simulate_spots(
-                labels,
-                name_seed(seed, f.stem),
-                count=count,
-                count_mode="fixed" if fixed else "poisson",
-                spread=spread,
-                sigma=sigma,
-                scale=scale,
-                matrix=mat,
-                intensity=intensity,
-                intensity_mean=intensity_mean,
-                intensity_spread=intensity_spread,
-            )
+            spots = simulate_spots(labels, name_seed(seed, f.stem), **opts.placement())
             total += spots.size
             write_text(tmp / "spots" / f"{f.stem}.csv", spots_to_csv(spots))
             write_image(
-                tmp / "images" / f"{f.stem}.tif", render_spots(labels.shape, spots, psf_sigma)
+                tmp / "images" / f"{f.stem}.tif", render_spots(labels.shape, spots, opts.psf_sigma)
             )
             if spot_masks:
                 write_labels(

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cellsynth.atomic import atomic_path, write_text
+from cellsynth.atomic import atomic_path, file_sha256, write_text
 from cellsynth.errors import CellsynthError
+from cellsynth.pix2pixhd.checkpoints import resolve_checkpoint
 
 
 def region_classes(regions: np.ndarray, labels: np.ndarray):
@@ -116,8 +117,7 @@ def compute_clusters(
     from cellsynth.pix2pixhd import data as p2p_data
     from cellsynth.pix2pixhd.networks import build_encoder
     from cellsynth.pix2pixhd.options import Options
-    from cellsynth.pix2pixhd.translator import resolve_checkpoint
-    from cellsynth.training.checkpoint import file_sha256, load_checkpoint
+    from cellsynth.training.checkpoint import load_checkpoint
 
     ckpt_path = resolve_checkpoint(run, which_epoch)
     ckpt = load_checkpoint(ckpt_path, kind="pix2pixhd")

@@ -8,103 +8,35 @@ Pairs folder (written by ``cellsynth dataset pack --kind pairs``)::
     ROOT/{split}_img/NAME.tif     the image (uint8/uint16, 1..4 channels)
     ROOT/pairs.json               {"label_nc", "channels", "size", "splits", "source"}
 
-:func:`open_pairs` uses ``cellsynth.datasets.pack.PairsDataset`` when it exists and otherwise
-the reader here (same format, same errors).
+The reader is :class:`cellsynth.datasets.pack.PairsDataset` (the one reader of the format, next
+to its writer); :func:`open_pairs` keeps its items in memory after the first read.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from cellsynth.datasets.io import check_labels, image_to_network, list_images, read_image
+from cellsynth.datasets.io import image_to_network
+from cellsynth.datasets.pack import PairsDataset
 from cellsynth.errors import CellsynthError
 
 
-class PairsFolder:
-    """Reader of a pairs folder split: ``len``, ``[i]`` -> dict(name, label, inst, image),
-    ``.names``. Arrays are read once and kept (the folders are small)."""
-
-    def __init__(self, root: str | os.PathLike, split: str = "train"):
-        self.root = Path(root)
-        self.split = split
-        if not self.root.is_dir():
-            raise CellsynthError(
-                f"{self.root}: no such pairs folder; make one with "
-                "`cellsynth dataset pack --kind pairs`"
-            )
-        files = {}
-        for part in ("label", "inst", "img"):
-            folder = self.root / f"{split}_{part}"
-            if not folder.is_dir():
-                raise CellsynthError(
-                    f"{folder}: missing; a pairs folder needs {split}_label/, {split}_inst/ and "
-                    f"{split}_img/ (make one with `cellsynth dataset pack --kind pairs`)"
-                )
-            files[part] = {p.stem: p for p in list_images(folder, what=f"{split}_{part} files")}
-        names = set(files["label"])
-        for part in ("inst", "img"):
-            if set(files[part]) != names:
-                odd = sorted(set(files[part]) ^ names)[0]
-                where = "label" if odd in files["label"] else part
-                other = part if where == "label" else "label"
-                raise CellsynthError(
-                    f"{files[where][odd]}: unpaired (no {odd} in {split}_{other}/); every "
-                    "label must have an instance map and an image of the same name"
-                )
-        self.names = sorted(names)
-        self._files = files
-        self._cache: dict[int, dict] = {}
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, i: int) -> dict:
-        if i in self._cache:
-            return self._cache[i]
-        name = self.names[i]
-        label_path = self._files["label"][name]
-        label = read_image(label_path)
-        if label.ndim != 2 or not np.issubdtype(label.dtype, np.integer):
-            raise CellsynthError(
-                f"{label_path}: semantic labels must be a 2-D integer image, got {label.dtype} "
-                f"{label.shape}"
-            )
-        inst = check_labels(read_image(self._files["inst"][name]), str(self._files["inst"][name]))
-        image = read_image(self._files["img"][name])
-        if not (label.shape == inst.shape == image.shape[:2]):
-            raise CellsynthError(
-                f"{self._files['img'][name]}: size mismatch (label {label.shape}, instance map "
-                f"{inst.shape}, image {image.shape[:2]}); the three must have the same size"
-            )
-        item = {"name": name, "label": label.astype(np.uint8), "inst": inst, "image": image}
-        self._cache[i] = item
-        return item
-
-
-def read_pairs_info(root: str | os.PathLike) -> dict:
-    """``pairs.json`` of a pairs folder ({} when it is absent)."""
-    path = Path(root) / "pairs.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (ValueError, OSError) as exc:
-        raise CellsynthError(f"{path}: unreadable ({exc}); re-pack the pairs folder") from None
-
-
 class _Cached:
-    """Keeps the items of a pairs dataset after the first read (the folders are small)."""
+    """A :class:`PairsDataset` whose items are kept after the first read (the folders are
+    small); its other attributes (``names``, ``meta``, ``label_nc`` ...) pass through."""
 
-    def __init__(self, dataset):
+    def __init__(self, dataset: PairsDataset):
         self.dataset = dataset
-        self.names = list(getattr(dataset, "names", []))
         self._items: dict[int, dict] = {}
+
+    def __getattr__(self, name):
+        if name.startswith("_") or name == "dataset":  # not set yet (e.g. while unpickling)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -115,35 +47,18 @@ class _Cached:
         return self._items[i]
 
 
-def open_pairs(root: str | os.PathLike, split: str = "train"):
-    """The pairs dataset of ``root``/``split`` (worker B's PairsDataset when present, read
-    once and kept in memory)."""
-    try:
-        from cellsynth.datasets.pack import PairsDataset
-    except ImportError:
-        return PairsFolder(root, split)
+def open_pairs(root: str | os.PathLike, split: str = "train") -> _Cached:
+    """The pairs dataset of ``root``/``split``, read once and kept in memory."""
     return _Cached(PairsDataset(root, split))
 
 
-def _names(dataset) -> list[str]:
-    names = getattr(dataset, "names", None)
-    return list(names) if names is not None else [dataset[i]["name"] for i in range(len(dataset))]
-
-
-def dataset_facts(dataset, root) -> dict:
-    """label_nc, channels and size of a pairs dataset, from pairs.json or its first item."""
-    info = read_pairs_info(root)
-    first = dataset[0]
-    image = first["image"]
-    channels = 1 if image.ndim == 2 else image.shape[-1]
-    label_nc = info.get("label_nc")
-    if label_nc is None:
-        label_nc = max(int(first["label"].max()) + 1, 2)
+def dataset_facts(dataset) -> dict:
+    """label_nc, channels, size (from pairs.json) and the names of a pairs dataset."""
     return {
-        "label_nc": int(label_nc),
-        "channels": int(info.get("channels", channels)),
-        "size": list(info.get("size", list(first["label"].shape))),
-        "names": _names(dataset),
+        "label_nc": int(dataset.label_nc),
+        "channels": int(dataset.channels),
+        "size": list(dataset.size),
+        "names": list(dataset.names),
     }
 
 

@@ -24,6 +24,7 @@ from cellsynth.atomic import output_folder, write_text
 from cellsynth.errors import CellsynthError
 from cellsynth.lock import lock_folder
 from cellsynth.pix2pixhd import data as p2p_data
+from cellsynth.pix2pixhd.checkpoints import checkpoint_path
 from cellsynth.pix2pixhd.losses import GANLoss, VGGLoss, feature_matching_loss
 from cellsynth.pix2pixhd.networks import (
     build_discriminator,
@@ -62,11 +63,6 @@ def learning_rate(opt: Options, epoch: int) -> float:
     return opt.lr * max(0.0, 1.0 - (epoch - opt.niter) / (opt.niter_decay + 1))
 
 
-def checkpoint_path(run_dir: Path, which_epoch: str | int) -> Path:
-    which = str(which_epoch)
-    return run_dir / ("latest.pt" if which == "latest" else f"epoch_{int(which)}.pt")
-
-
 def resolve_data(opt: Options) -> tuple[Options, object]:
     """Open the training pairs and fill ``label_nc``/``output_nc`` from them when unset."""
     if not opt.dataroot:
@@ -74,7 +70,7 @@ def resolve_data(opt: Options) -> tuple[Options, object]:
     dataset = p2p_data.open_pairs(opt.dataroot, opt.phase)
     if len(dataset) == 0:
         raise CellsynthError(f"{opt.dataroot}: the {opt.phase} split is empty")
-    facts = p2p_data.dataset_facts(dataset, opt.dataroot)
+    facts = p2p_data.dataset_facts(dataset)
     opt = opt.replace(
         label_nc=facts["label_nc"] if opt.label_nc is None else opt.label_nc,
         output_nc=facts["channels"] if opt.output_nc is None else opt.output_nc,

@@ -18,32 +18,13 @@ import torch
 from cellsynth.datasets.io import network_to_image
 from cellsynth.errors import CellsynthError
 from cellsynth.pix2pixhd import data as p2p_data
+from cellsynth.pix2pixhd.checkpoints import resolve_checkpoint
 from cellsynth.pix2pixhd.clusters import load_clusters, region_classes
 from cellsynth.pix2pixhd.networks import build_generator
 from cellsynth.pix2pixhd.options import Options
 from cellsynth.training.checkpoint import load_checkpoint
 
 KIND = "pix2pixhd"
-
-
-def resolve_checkpoint(path: str | os.PathLike, which_epoch: str | int = "latest") -> Path:
-    """A .pt file as given, or ``latest.pt`` / ``epoch_N.pt`` inside a run folder."""
-    path = Path(path)
-    if path.is_dir():
-        which = str(which_epoch)
-        ckpt = path / ("latest.pt" if which == "latest" else f"epoch_{int(which)}.pt")
-        if not ckpt.is_file():
-            raise CellsynthError(
-                f"{ckpt}: no such checkpoint in run folder {path}; check --which_epoch "
-                "(latest or an epoch with a saved epoch_N.pt)"
-            )
-        return ckpt
-    if not path.is_file():
-        raise CellsynthError(
-            f"{path}: no such pix2pixhd checkpoint or run folder; train one with "
-            "`cellsynth pix2pixhd train` or give the right path"
-        )
-    return path
 
 
 class Translator:

@@ -17,18 +17,77 @@ The ground truth is a numpy structured array with fields ``x, y, cell_id, intens
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import erf
 
 from cellsynth.errors import CellsynthError, require
+from cellsynth.options import normalise, option
 from cellsynth.tools.labels import check_labels
+from cellsynth.tools.parse import parse_matrix
 
 SPOT_DTYPE = np.dtype([("x", "f8"), ("y", "f8"), ("cell_id", "u4"), ("intensity", "f8")])
 SPREADS = ("isotropic", "shape", "matrix")
 COUNT_MODES = ("poisson", "fixed")
 INTENSITIES = ("lognormal", "gamma", "uniform", "constant")
 CSV_HEADER = "x,y,cell_id,intensity"
+PREFIX = "spots_"  # keywords spots_count ..., flags --spots-count ... (synth and tools points)
+
+
+@dataclass
+class PunctaOptions:
+    """The puncta options, declared once for ``cellsynth synth`` and ``cellsynth tools points``
+    (flags ``--spots-NAME``; see :mod:`cellsynth.options`): where spots go
+    (:func:`simulate_spots`) and their PSF (:func:`render_spots`)."""
+
+    count: float = option(3.0, help="Puncta per cell (Poisson mean; exact with --spots-fixed).")
+    fixed: bool = option(False, help="Exactly --spots-count per cell (not Poisson).")
+    spread: str = option("isotropic", choices=SPREADS, help="Spread around the cell centre.")
+    sigma: float = option(2.0, help="Isotropic spread: std (px).")
+    scale: float = option(0.5, help="Shape spread: factor on the cell's own std.")
+    matrix: list | None = option(
+        None, text=True, help="Covariance sxx,sxy,syx,syy for --spots-spread matrix."
+    )
+    intensity: str = option("lognormal", choices=INTENSITIES, help="Intensity distribution.")
+    intensity_mean: float = option(3.0, help="Mean integrated intensity of a punctum.")
+    intensity_spread: float = option(0.3, help="Coefficient of variation of the intensities.")
+    psf_sigma: float = option(1.0, aliases=("psf",), help="PSF sigma (px).")
+
+    def check(self) -> PunctaOptions:
+        """Convert (a matrix given as text, numbers given as text) and check, in place; raise
+        CellsynthError naming the flag. Returns self."""
+        if isinstance(self.matrix, str):
+            self.matrix = parse_matrix(self.matrix, "--spots-matrix")
+        elif self.matrix is not None:
+            m = np.asarray(self.matrix, dtype=float)
+            require(m.size == 4, f"--spots-matrix must be 2 x 2, got {m.tolist()}")
+            self.matrix = m.reshape(2, 2).tolist()
+        normalise(self, PREFIX)
+        require(self.count >= 0, f"--spots-count must be >= 0, got {self.count}")
+        if self.count > 0:  # the placement options, checked once on a tiny mask
+            probe = np.zeros((4, 4), np.uint16)
+            probe[1:3, 1:3] = 1
+            simulate_spots(probe, 0, **self.placement())
+        require(
+            not self.fixed or float(self.count).is_integer(),
+            "--spots-fixed needs an integer --spots-count",
+        )
+        return self
+
+    def placement(self) -> dict:
+        """The keyword arguments of :func:`simulate_spots`."""
+        return {
+            "count": self.count,
+            "count_mode": "fixed" if self.fixed else "poisson",
+            "spread": self.spread,
+            "sigma": self.sigma,
+            "scale": self.scale,
+            "matrix": self.matrix,
+            "intensity": self.intensity,
+            "intensity_mean": self.intensity_mean,
+            "intensity_spread": self.intensity_spread,
+        }
 
 
 def cell_moments(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -109,38 +168,8 @@ def simulate_spots(
         structured array (:data:`SPOT_DTYPE`) sorted by cell id: x, y, cell_id, intensity.
     """
     labels = check_labels(labels, "points")
-    if count_mode not in COUNT_MODES:
-        raise CellsynthError(f"unknown count mode {count_mode!r}; use {', '.join(COUNT_MODES)}")
-    if spread not in SPREADS:
-        raise CellsynthError(f"unknown spread {spread!r}; use {', '.join(SPREADS)}")
-    if intensity not in INTENSITIES:
-        raise CellsynthError(
-            f"unknown intensity distribution {intensity!r}; use {', '.join(INTENSITIES)}"
-        )
-    require(count >= 0, f"spot count must be >= 0, got {count}")
-    require(
-        count_mode != "fixed" or float(count).is_integer(),
-        f"a fixed spot count must be an integer, got {count}",
-    )
-    require(intensity_mean >= 0, f"intensity mean must be >= 0, got {intensity_mean}")
-    require(intensity_spread >= 0, f"intensity spread must be >= 0, got {intensity_spread}")
-    require(
-        intensity != "uniform" or intensity_spread <= 1,
-        "a uniform intensity spread must be <= 1 (intensities stay >= 0)",
-    )
-    require(int(max_tries) >= 0, "max_tries must be >= 0")
-    if spread == "isotropic":
-        require(sigma >= 0, f"sigma must be >= 0, got {sigma}")
-    elif spread == "shape":
-        require(scale >= 0, f"scale must be >= 0, got {scale}")
-    else:
-        m = np.asarray(matrix if matrix is not None else [], dtype=np.float64)
-        require(m.shape == (2, 2), f"the spread matrix must be 2 x 2, got {m.tolist()}")
-        require(np.allclose(m, m.T), f"the spread matrix must be symmetric, got {m.tolist()}")
-        require(
-            np.linalg.eigvalsh(m).min() >= -1e-12,
-            f"the spread matrix must be positive semi-definite, got {m.tolist()}",
-        )
+    _check_counts(count, count_mode, intensity, intensity_mean, intensity_spread, max_tries)
+    _check_spread(spread, sigma, scale, matrix)
     rng = np.random.default_rng(seed)
     ids, area, centroid, cov = cell_moments(labels)
     k = ids.size
@@ -160,10 +189,64 @@ def simulate_spots(
     else:
         m = np.asarray(matrix, dtype=np.float64)
         covs = np.broadcast_to(m[::-1, ::-1], (k, 2, 2))  # (x, y) -> (y, x)
+    pos = _place(rng, labels, ids, area, centroid, covs, owner, max_tries)
+    out["y"] = pos[:, 0]
+    out["x"] = pos[:, 1]
+    out["cell_id"] = ids[owner]
+    out["intensity"] = _draw_intensity(
+        rng, total, intensity, float(intensity_mean), float(intensity_spread)
+    )
+    return out
+
+
+def _check_counts(count, count_mode, intensity, intensity_mean, intensity_spread, max_tries):
+    """Raise CellsynthError for counts or intensities :func:`simulate_spots` cannot use."""
+    if count_mode not in COUNT_MODES:
+        raise CellsynthError(f"unknown count mode {count_mode!r}; use {', '.join(COUNT_MODES)}")
+    if intensity not in INTENSITIES:
+        raise CellsynthError(
+            f"unknown intensity distribution {intensity!r}; use {', '.join(INTENSITIES)}"
+        )
+    require(count >= 0, f"spot count must be >= 0, got {count}")
+    require(
+        count_mode != "fixed" or float(count).is_integer(),
+        f"a fixed spot count must be an integer, got {count}",
+    )
+    require(intensity_mean >= 0, f"intensity mean must be >= 0, got {intensity_mean}")
+    require(intensity_spread >= 0, f"intensity spread must be >= 0, got {intensity_spread}")
+    require(
+        intensity != "uniform" or intensity_spread <= 1,
+        "a uniform intensity spread must be <= 1 (intensities stay >= 0)",
+    )
+    require(int(max_tries) >= 0, "max_tries must be >= 0")
+
+
+def _check_spread(spread, sigma, scale, matrix) -> None:
+    """Raise CellsynthError for a spread :func:`simulate_spots` cannot use."""
+    if spread not in SPREADS:
+        raise CellsynthError(f"unknown spread {spread!r}; use {', '.join(SPREADS)}")
+    if spread == "isotropic":
+        require(sigma >= 0, f"sigma must be >= 0, got {sigma}")
+    elif spread == "shape":
+        require(scale >= 0, f"scale must be >= 0, got {scale}")
+    else:
+        m = np.asarray(matrix if matrix is not None else [], dtype=np.float64)
+        require(m.shape == (2, 2), f"the spread matrix must be 2 x 2, got {m.tolist()}")
+        require(np.allclose(m, m.T), f"the spread matrix must be symmetric, got {m.tolist()}")
+        require(
+            np.linalg.eigvalsh(m).min() >= -1e-12,
+            f"the spread matrix must be positive semi-definite, got {m.tolist()}",
+        )
+
+
+def _place(rng, labels, ids, area, centroid, covs, owner, max_tries) -> np.ndarray:
+    """(y, x) of every spot: Gaussian around its cell's centroid with covariance ``covs[cell]``,
+    redrawn while outside its cell (``max_tries`` rounds), then uniform inside the cell."""
     # Factor each covariance (eigen-decomposition copes with singular ones).
     vals, vecs = np.linalg.eigh(covs)
     factors = vecs * np.sqrt(np.clip(vals, 0, None))[:, None, :]  # (k, 2, 2): cov = F F^T
 
+    total = owner.size
     h, w = labels.shape
     pos = np.zeros((total, 2))
     todo = np.arange(total)
@@ -191,13 +274,7 @@ def simulate_spots(
         off = np.clip(off, -0.5, 0.5 - 1e-9)
         pos[todo, 0] = idx // w + off[:, 0]
         pos[todo, 1] = idx % w + off[:, 1]
-    out["y"] = pos[:, 0]
-    out["x"] = pos[:, 1]
-    out["cell_id"] = ids[owner]
-    out["intensity"] = _draw_intensity(
-        rng, total, intensity, float(intensity_mean), float(intensity_spread)
-    )
-    return out
+    return pos
 
 
 def _pixel_mass(centre: np.ndarray, start: np.ndarray, width: int, sigma: float) -> np.ndarray:

@@ -12,7 +12,9 @@ from scipy import ndimage as ndi
 
 from cellsynth.errors import CellsynthError
 
-METHODS = ("otsu", "li", "triangle", "mean", "fixed", "local")
+# The one list of threshold methods (``tools threshold``, ``synth --threshold``, the segmenters):
+GLOBAL_METHODS = ("otsu", "li", "triangle", "mean")  # one value per image, from its histogram
+METHODS = (*GLOBAL_METHODS, "fixed", "local")  # plus a given value, and a local (adaptive) map
 
 
 def _plane(image: np.ndarray, channel: int | None) -> np.ndarray:

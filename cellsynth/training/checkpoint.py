@@ -9,7 +9,6 @@ Python scalars/strings (state dicts, optimiser states, RNG states as uint8 tenso
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -59,14 +58,6 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None, map_locati
             f"{path}: this is a {data['kind']!r} checkpoint, but a {kind!r} one is needed"
         )
     return data
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def get_rng_state() -> dict:

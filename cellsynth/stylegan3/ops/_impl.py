@@ -19,6 +19,7 @@ import os
 import torch
 
 from cellsynth.errors import CellsynthError
+from cellsynth.stylegan3.ops.cuda_ops import cuda_ops_available
 
 IMPLS = ("auto", "ref", "cpu", "cuda")
 ENV_VAR = "CELLSYNTH_OPS_IMPL"
@@ -54,7 +55,5 @@ def resolve_impl(impl: str | None, x: torch.Tensor, op: str | None = None) -> st
             return "cpu"
         impl = "ref"
         if op is not None and x.dtype in (torch.float32, torch.float16):
-            from cellsynth.stylegan3.ops.cuda_ops import cuda_ops_available
-
             impl = "cuda" if cuda_ops_available(op) else "ref"
     return impl

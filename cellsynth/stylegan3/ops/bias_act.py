@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from cellsynth.errors import CellsynthError
+from cellsynth.stylegan3.ops import cuda_ops
 from cellsynth.stylegan3.ops._impl import resolve_impl
 
 
@@ -110,9 +111,7 @@ def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, 
     clamp = float(clamp if clamp is not None else -1)
     which = resolve_impl(impl, x, "bias_act")
     if which == "cuda":
-        from cellsynth.stylegan3.ops.cuda_ops import bias_act_cuda
-
-        return bias_act_cuda(x, b, dim, act, alpha, gain, clamp)
+        return cuda_ops.bias_act_cuda(x, b, dim, act, alpha, gain, clamp)
     if which == "ref":
         return _bias_act_ref(x, b, dim, act, alpha, gain, clamp)
     return _bias_act_fast(x, b, dim, act, alpha, gain, clamp)

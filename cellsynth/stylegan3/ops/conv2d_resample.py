@@ -13,21 +13,16 @@ import torch
 import torch.nn.functional as F
 
 from cellsynth.errors import CellsynthError
+from cellsynth.stylegan3.ops import cpu_fast
 from cellsynth.stylegan3.ops._impl import resolve_impl
-from cellsynth.stylegan3.ops.upfirdn2d import (
-    get_filter_size,
-    parse_padding,
-    parse_scaling,
-    upfirdn2d,
-)
+from cellsynth.stylegan3.ops.common import get_filter_size, parse_padding, parse_square_scaling
+from cellsynth.stylegan3.ops.upfirdn2d import upfirdn2d
 
 
 def _conv(x, w, groups, flip_weight, padding=0, stride=1, fast=False):
     if not flip_weight:
         w = w.flip([2, 3])
     if fast and groups == 1 and stride == 1:
-        from cellsynth.stylegan3.ops import cpu_fast
-
         pad = (padding, padding) if isinstance(padding, int) else tuple(padding)
         return cpu_fast.conv2d(x, w.to(x.dtype), pad)
     return F.conv2d(x, w.to(x.dtype), padding=padding, stride=stride, groups=groups)
@@ -156,11 +151,7 @@ def conv2d_resample(
             f"conv2d_resample: {x.shape[1]} input channels do not match weight {tuple(w.shape)} "
             f"with groups={groups}"
         )
-    upx, upy = parse_scaling(up)
-    downx, downy = parse_scaling(down)
-    if upx != upy or downx != downy:
-        raise CellsynthError("conv2d_resample: up and down must be the same on both axes")
-    up, down = upx, downx
+    up, down = parse_square_scaling(up, down, "conv2d_resample")
     if up > 1 and down > 1:
         raise CellsynthError("conv2d_resample: up and down cannot both be > 1")
     padding = parse_padding(padding)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from cellsynth.stylegan3.ops import cpu_kernels
+from cellsynth.stylegan3.ops.common import upfirdn2d_output_size
 
 _MATRIX_CACHE: dict = {}
 
@@ -113,13 +114,11 @@ def _passes(x, g, up, down, padding):
 
     A 1-D (separable) filter gives a pass along W then one along H; a 2-D filter one pass.
     """
-    from cellsynth.stylegan3.ops.upfirdn2d import _output_size
-
     upx, upy = up
     downx, downy = down
     px0, _, py0, _ = padding
     h = x.shape[2]
-    ho, wo = _output_size(x, g, up, down, padding)
+    ho, wo = upfirdn2d_output_size(x, g, up, down, padding)
     if g.ndim == 2:
         return [(g, ((upy, downy, py0, ho), (upx, downx, px0, wo)))]
     return [

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from cellsynth.errors import CellsynthError
-from cellsynth.stylegan3.ops.cuda_build import _file_lock, _log_tail, cache_root
+from cellsynth.stylegan3.ops.common import cache_root, file_lock, log_tail
 
 SOURCE = Path(__file__).resolve().parent / "cpu" / "fir.c"
 DISABLE_ENV = "CELLSYNTH_CPU_KERNELS"  # "0" turns the compiled kernels off
@@ -82,7 +82,7 @@ def build() -> ctypes.CDLL:
             raise CellsynthError("no C compiler found (looked for $CC, cc, gcc, clang)")
         where = cache_root() / f"cpu-fir-{_build_key(cc)}"
         lib_path = where / "fir.so"
-        with _file_lock(where.parent / f"{where.name}.lock"):
+        with file_lock(where.parent / f"{where.name}.lock"):
             if not lib_path.is_file():
                 where.mkdir(parents=True, exist_ok=True)
                 tmp = where / f".fir.{os.getpid()}.so"
@@ -93,7 +93,7 @@ def build() -> ctypes.CDLL:
                     (where / "build.log").write_text(" ".join(cmd) + "\n" + proc.stderr)
                     raise CellsynthError(
                         f"compiling the CPU kernels failed ({' '.join(cmd)}):\n"
-                        + _log_tail(proc.stderr)
+                        + log_tail(proc.stderr)
                     )
                 os.replace(tmp, lib_path)
         lib = ctypes.CDLL(str(lib_path))

@@ -15,7 +15,6 @@ instead, after one loud warning per extension.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import hashlib
 import os
@@ -26,9 +25,14 @@ import warnings
 from pathlib import Path
 
 from cellsynth.errors import CellsynthError
+from cellsynth.stylegan3.ops.common import (  # noqa: F401 (CACHE_ENV re-exported)
+    CACHE_ENV,
+    cache_root,
+    file_lock,
+    log_tail,
+)
 
 SOURCE_DIR = Path(__file__).resolve().parent / "cuda"
-CACHE_ENV = "CELLSYNTH_OPS_CACHE"
 
 # Compiled sources of each extension and the headers they include (all go into the hash).
 SOURCES = {
@@ -45,13 +49,6 @@ SOURCES = {
 
 _MODULES: dict = {}
 _FAILURES: dict = {}
-LOG_TAIL_LINES = 40
-
-
-def cache_root() -> Path:
-    """Folder that holds the builds: ``$CELLSYNTH_OPS_CACHE`` or ``~/.cache/cellsynth/ops``."""
-    env = os.environ.get(CACHE_ENV, "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "cellsynth" / "ops"
 
 
 def find_cuda_home() -> str | None:
@@ -123,17 +120,6 @@ def source_hash(name: str) -> str:
 def build_dir(name: str) -> Path:
     """The cache folder of extension ``name`` for this source hash and GPU architecture."""
     return cache_root() / f"{name}-{source_hash(name)}-{_arch_tag(_device_arch())}"
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -212,10 +198,6 @@ def _advice(where: Path) -> str:
     )
 
 
-def _log_tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
 def build(name: str, verbose: bool = False):
     """Compile (once per source hash and arch) and import the CUDA extension ``name``.
 
@@ -269,7 +251,7 @@ def build(name: str, verbose: bool = False):
     module_name = f"cellsynth_{name}_{where.name.split('-')[1]}"
     try:
         with (
-            _file_lock(where.parent / f"{where.name}.lock"),
+            file_lock(where.parent / f"{where.name}.lock"),
             _env(TORCH_CUDA_ARCH_LIST=_device_arch(), CUDA_HOME=cuda_home),
         ):
             # torch's own lock file, left behind by a build that was killed, would make load()
@@ -293,7 +275,7 @@ def build(name: str, verbose: bool = False):
         msg = (
             f"building CUDA op {name} failed (full log: {log_path}); "
             f"{_environment_report(cuda_home)}. {_advice(where)}\n"
-            f"--- last lines of the compiler log ---\n{_log_tail(text)}"
+            f"--- last lines of the compiler log ---\n{log_tail(text)}"
         )
         _FAILURES[name] = msg
         raise CellsynthError(msg) from e

@@ -26,7 +26,14 @@ from torch.autograd.function import once_differentiable
 
 from cellsynth.errors import CellsynthError
 from cellsynth.stylegan3.ops import cuda_build
-from cellsynth.stylegan3.ops.upfirdn2d import get_filter_size, parse_padding, parse_scaling
+from cellsynth.stylegan3.ops.common import (
+    check_filtered_lrelu_size,
+    get_filter_size,
+    parse_padding,
+    parse_scaling,
+    parse_square_scaling,
+    upfirdn2d_output_size,
+)
 
 # Activation codes of the kernel (bias_act.h) with their default alpha and gain.
 ACT_CODES = {
@@ -242,14 +249,7 @@ def upfirdn2d_cuda(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
     _check_tensor(x, "upfirdn2d", ndim=4)
     f = _filter_on(f, x)
     up, down, padding = parse_scaling(up), parse_scaling(down), parse_padding(padding)
-    fw, fh = get_filter_size(f)
-    h = (x.shape[2] * up[1] + padding[2] + padding[3] - fh) // down[1] + 1
-    w = (x.shape[3] * up[0] + padding[0] + padding[1] - fw) // down[0] + 1
-    if h < 1 or w < 1:
-        raise CellsynthError(
-            f"upfirdn2d: output would be empty (input {tuple(x.shape)}, filter {fw}x{fh}, "
-            f"up {up}, down {down}, padding {padding})"
-        )
+    upfirdn2d_output_size(x, f, up, down, padding)
     return _UpFirDn2d.apply(x, f, up, down, padding, bool(flip_filter), float(gain))
 
 
@@ -312,22 +312,12 @@ def filtered_lrelu_cuda(
         tensor [N, C, H', W'] with the dtype of ``x``.
     """
     _check_tensor(x, "filtered_lrelu", ndim=4)
-    upx, upy = parse_scaling(up)
-    downx, downy = parse_scaling(down)
-    if upx != upy or downx != downy:
-        raise CellsynthError("filtered_lrelu: up and down must be the same on both axes")
-    up, down = upx, downx
+    up, down = parse_square_scaling(up, down, "filtered_lrelu")
     padding = parse_padding(padding)
     fu, fd = _filter_on(fu, x), _filter_on(fd, x)
     if b is not None and (not isinstance(b, torch.Tensor) or b.shape != (x.shape[1],)):
         raise CellsynthError(f"filtered_lrelu: b must be a tensor [{x.shape[1]}]")
-    fuw, fuh = get_filter_size(fu)
-    fdw, fdh = get_filter_size(fd)
-    px0, px1, py0, py1 = padding
-    h = (x.shape[2] * up + py0 + py1 - (fuh - 1) - (fdh - 1) + (down - 1)) // down
-    w = (x.shape[3] * up + px0 + px1 - (fuw - 1) - (fdw - 1) + (down - 1)) // down
-    if h < 1 or w < 1:
-        raise CellsynthError(f"filtered_lrelu: output would be empty for input {tuple(x.shape)}")
+    check_filtered_lrelu_size(x, fu, fd, up, down, padding)
     clamp = float(clamp) if clamp is not None else -1.0
     cfg = (up, down, padding, float(gain), float(slope), clamp, bool(flip_filter))
     return _FilteredLrelu.apply(x, fu, fd, b, cfg)

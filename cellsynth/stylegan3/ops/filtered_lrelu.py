@@ -13,14 +13,16 @@ import math
 import torch
 
 from cellsynth.errors import CellsynthError
+from cellsynth.stylegan3.ops import cpu_fast, cuda_ops
 from cellsynth.stylegan3.ops._impl import resolve_impl
 from cellsynth.stylegan3.ops.bias_act import bias_act
-from cellsynth.stylegan3.ops.upfirdn2d import (
-    get_filter_size,
+from cellsynth.stylegan3.ops.common import (
+    check_filtered_lrelu_size,
+    filtered_lrelu_output_size,
     parse_padding,
-    parse_scaling,
-    upfirdn2d,
+    parse_square_scaling,
 )
+from cellsynth.stylegan3.ops.upfirdn2d import upfirdn2d
 
 
 def _filtered_lrelu_ref(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter):
@@ -33,12 +35,7 @@ def _filtered_lrelu_ref(x, fu, fd, b, up, down, padding, gain, slope, clamp, fli
 
 def output_size(in_size, fu, fd, up, down, padding):
     """(H, W) of filtered_lrelu's output for an input of size (H, W)."""
-    px0, px1, py0, py1 = parse_padding(padding)
-    fuw, fuh = get_filter_size(fu)
-    fdw, fdh = get_filter_size(fd)
-    h = (in_size[0] * up + py0 + py1 - (fuh - 1) - (fdh - 1) + (down - 1)) // down
-    w = (in_size[1] * up + px0 + px1 - (fuw - 1) - (fdw - 1) + (down - 1)) // down
-    return h, w
+    return filtered_lrelu_output_size(in_size, fu, fd, up, down, padding)
 
 
 def filtered_lrelu(
@@ -78,27 +75,17 @@ def filtered_lrelu(
         raise CellsynthError(
             f"filtered_lrelu: x must be a 4-D tensor, got {getattr(x, 'shape', x)}"
         )
-    upx, upy = parse_scaling(up)
-    downx, downy = parse_scaling(down)
-    if upx != upy or downx != downy:
-        raise CellsynthError("filtered_lrelu: up and down must be the same on both axes")
-    up, down = upx, downx
+    up, down = parse_square_scaling(up, down, "filtered_lrelu")
     padding = parse_padding(padding)
-    h, w = output_size(x.shape[2:], fu, fd, up, down, padding)
-    if h < 1 or w < 1:
-        raise CellsynthError(f"filtered_lrelu: output would be empty for input {tuple(x.shape)}")
+    check_filtered_lrelu_size(x, fu, fd, up, down, padding)
     gain, slope = float(gain), float(slope)
     clamp = float(clamp) if clamp is not None else -1.0
     which = resolve_impl(impl, x, "filtered_lrelu")
     if which == "cuda":
-        from cellsynth.stylegan3.ops.cuda_ops import filtered_lrelu_cuda
-
         clamp_arg = clamp if clamp >= 0 else None
-        return filtered_lrelu_cuda(
+        return cuda_ops.filtered_lrelu_cuda(
             x, fu, fd, b, up, down, padding, gain, slope, clamp_arg, flip_filter
         )
     if which == "ref":
         return _filtered_lrelu_ref(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter)
-    from cellsynth.stylegan3.ops import cpu_fast
-
     return cpu_fast.filtered_lrelu(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter)

@@ -20,46 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from cellsynth.errors import CellsynthError
+from cellsynth.stylegan3.ops import cpu_fast, cuda_ops
 from cellsynth.stylegan3.ops._impl import resolve_impl
-
-
-def parse_scaling(scaling):
-    """Return (sx, sy) for an int or a pair of ints (each >= 1)."""
-    if isinstance(scaling, int):
-        scaling = [scaling, scaling]
-    try:
-        sx, sy = (int(s) for s in scaling)
-    except (TypeError, ValueError):
-        raise CellsynthError(
-            f"up/down factor must be an int or two ints, got {scaling!r}"
-        ) from None
-    if sx < 1 or sy < 1:
-        raise CellsynthError(f"up/down factors must be >= 1, got {scaling!r}")
-    return sx, sy
-
-
-def parse_padding(padding):
-    """Return (px0, px1, py0, py1) for an int, [px, py] or [px0, px1, py0, py1]."""
-    if isinstance(padding, (int, np.integer)):
-        padding = [padding, padding]
-    padding = [int(p) for p in padding]
-    if len(padding) == 2:
-        px, py = padding
-        padding = [px, px, py, py]
-    if len(padding) != 4:
-        raise CellsynthError(f"padding must be an int, 2 or 4 ints, got {padding!r}")
-    return tuple(padding)
-
-
-def get_filter_size(f):
-    """Return (fw, fh) of a filter made by setup_filter (None -> (1, 1))."""
-    if f is None:
-        return 1, 1
-    if not isinstance(f, torch.Tensor) or f.ndim not in (1, 2):
-        raise CellsynthError("filter must be a 1-D or 2-D torch.Tensor (see setup_filter)")
-    fw = f.shape[-1]
-    fh = f.shape[0]
-    return int(fw), int(fh)
+from cellsynth.stylegan3.ops.common import (  # noqa: F401 (parse_* re-exported)
+    get_filter_size,
+    parse_padding,
+    parse_scaling,
+    upfirdn2d_output_size,
+)
 
 
 def setup_filter(f, device=None, normalize=True, flip_filter=False, gain=1, separable=None):
@@ -117,21 +85,6 @@ def _check_inputs(x, f):
     return f
 
 
-def _output_size(x, f, up, down, padding):
-    upx, upy = up
-    downx, downy = down
-    px0, px1, py0, py1 = padding
-    fw, fh = get_filter_size(f)
-    h = (x.shape[2] * upy + py0 + py1 - fh) // downy + 1
-    w = (x.shape[3] * upx + px0 + px1 - fw) // downx + 1
-    if h < 1 or w < 1:
-        raise CellsynthError(
-            f"upfirdn2d: output would be empty (input {tuple(x.shape)}, filter {fw}x{fh}, "
-            f"up {up}, down {down}, padding {padding})"
-        )
-    return h, w
-
-
 def _upfirdn2d_ref(x, f, up, down, padding, flip_filter, gain):
     upx, upy = up
     downx, downy = down
@@ -176,16 +129,12 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl="au
     """
     f = _check_inputs(x, f)
     up, down, padding = parse_scaling(up), parse_scaling(down), parse_padding(padding)
-    _output_size(x, f, up, down, padding)
+    upfirdn2d_output_size(x, f, up, down, padding)
     which = resolve_impl(impl, x, "upfirdn2d")
     if which == "cuda":
-        from cellsynth.stylegan3.ops.cuda_ops import upfirdn2d_cuda
-
-        return upfirdn2d_cuda(x, f, up, down, padding, flip_filter, gain)
+        return cuda_ops.upfirdn2d_cuda(x, f, up, down, padding, flip_filter, gain)
     if which == "ref":
         return _upfirdn2d_ref(x, f, up, down, padding, flip_filter, gain)
-    from cellsynth.stylegan3.ops import cpu_fast
-
     return cpu_fast.upfirdn2d(x, f, up, down, padding, flip_filter, gain)
 
 

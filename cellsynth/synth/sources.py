@@ -1,0 +1,167 @@
+"""The inputs of a synth run, loaded and checked before anything is written: the StyleGAN3 mask
+generator, the Pix2PixHD translator(s), a folder of real masks, and the checkpoints' sha256s
+for the manifest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cellsynth.atomic import file_sha256
+from cellsynth.errors import CellsynthError, require
+from cellsynth.synth.options import SynthOptions, parse_source
+
+
+@dataclass
+class Inputs:
+    """What the options point at, loaded."""
+
+    generator: object = None  # cellsynth.stylegan3.generate.MaskGenerator
+    translator: object = None  # cellsynth.pix2pixhd.translator.Translator (images)
+    spot_translator: object = None  # the same, rendering spot masks
+    mask_files: tuple[str, ...] = ()
+    checkpoints: dict = field(default_factory=dict)  # what: {path, sha256}
+    out_channels: int = 1  # channels of the images before puncta
+
+
+def _generator_class():
+    from cellsynth.stylegan3.generate import MaskGenerator
+
+    return MaskGenerator
+
+
+def _translator_class():
+    from cellsynth.pix2pixhd.translator import Translator
+
+    return Translator
+
+
+def _load(cls, what: str, path, device, missing: str | None):
+    """``cls()`` (a function importing the class) loaded from ``path``; CellsynthError with
+    ``missing`` when given, or when the class cannot be imported."""
+    if missing:
+        raise CellsynthError(missing)
+    try:
+        loader = cls()
+    except ImportError as exc:
+        raise CellsynthError(f"the {what} is not available ({exc})") from None
+    return loader.load(path, device=device)
+
+
+def load_generator(path, device):
+    """A StyleGAN3 mask generator whose snapshot records a usable mask encoding."""
+    from cellsynth.tools.codec import ENCODINGS
+
+    missing = not Path(path).is_file() and (
+        f"{path}: no such stylegan3 checkpoint; train one with `cellsynth stylegan3 train` "
+        "and give its network-snapshot-*.pt"
+    )
+    gen = _load(_generator_class, "stylegan3 generator", path, device, missing)
+    if not gen.encoding:
+        raise CellsynthError(
+            f"{path}: the snapshot does not record its mask encoding; cannot decode its masks"
+        )
+    if gen.encoding not in ENCODINGS or ENCODINGS[gen.encoding] != gen.channels:
+        raise CellsynthError(
+            f"{path}: {gen.channels}-channel generator but encoding {gen.encoding!r} needs "
+            f"{ENCODINGS.get(gen.encoding, '?')} channels; the snapshot is inconsistent"
+        )
+    return gen
+
+
+def load_translator(path, device, what: str):
+    """A Pix2PixHD translator (checkpoint or run folder) that takes 2-class masks."""
+    missing = not Path(path).exists() and (
+        f"{path}: no such pix2pixhd checkpoint ({what}); train one with "
+        "`cellsynth pix2pixhd train` and give its latest.pt or run folder"
+    )
+    tr = _load(_translator_class, "pix2pixhd translator", path, device, missing)
+    if tr.label_nc == 1:
+        raise CellsynthError(
+            f"{path}: the {what} model takes label_nc=1, but masks carry 2 classes "
+            "(0 background, 1 object); retrain with label_nc >= 2"
+        )
+    return tr
+
+
+def _translator_record(path) -> dict:
+    from cellsynth.pix2pixhd.checkpoints import resolve_checkpoint
+
+    return {"path": path, "sha256": file_sha256(resolve_checkpoint(path))}
+
+
+def _device(opts: SynthOptions) -> str | None:
+    src, sp = opts.sources, opts.spots
+    if src.masks_kind == "stylegan3" or src.images_kind == "pix2pixhd" or sp.model:
+        import torch
+
+        if opts.run.device is None:
+            return "cuda" if torch.cuda.is_available() else "cpu"
+    return opts.run.device
+
+
+def _mask_generator(opts: SynthOptions, device, inputs: Inputs) -> None:
+    path, class_idx = opts.sources.source("masks")[1], opts.gan.class_idx
+    gen = load_generator(path, device)
+    if gen.num_classes and class_idx is None:
+        raise CellsynthError(
+            f"{path}: the generator is conditional ({gen.num_classes} classes); pass --class"
+        )
+    if not gen.num_classes and class_idx is not None:
+        raise CellsynthError(f"{path}: --class given, but the generator is unconditional")
+    inputs.generator = gen
+    inputs.checkpoints["masks"] = {"path": path, "sha256": file_sha256(path)}
+
+
+def _spots_model(opts: SynthOptions, device, inputs: Inputs) -> None:
+    spec = opts.spots.model
+    kind, path = parse_source(spec, "spots-model")
+    require(kind == "pix2pixhd", f"--spots-model {spec!r}: use pix2pixhd:PATH")
+    tr = load_translator(path, device, "spots")
+    if tr.output_nc != 1:
+        raise CellsynthError(
+            f"{path}: the spots model makes {tr.output_nc}-channel images; "
+            "a spots model must make 1-channel images"
+        )
+    inputs.spot_translator = tr
+    inputs.checkpoints["spots_model"] = _translator_record(path)
+
+
+def _check_spot_channels(opts: SynthOptions, channels: int) -> None:
+    sp = opts.spots
+    if sp.count > 0 and sp.mode == "add" and sp.channel is not None:
+        require(
+            -channels <= int(sp.channel) < channels,
+            f"--spots-channel {sp.channel}: the images have {channels} channel(s)",
+        )
+    if sp.count > 0 and sp.mode == "channel":
+        require(
+            channels < 4,
+            f"--spots-mode channel: images already have {channels} channels (at most 4)",
+        )
+
+
+def open_inputs(opts: SynthOptions) -> Inputs:
+    """Load and check every input of the (checked) options; nothing is written."""
+    src = opts.sources
+    inputs = Inputs(out_channels=opts.render.channels)
+    if src.masks_kind == "dir":
+        from cellsynth.datasets.canonical import resolve_split
+        from cellsynth.datasets.io import list_images
+
+        root = resolve_split(src.source("masks")[1])
+        inputs.mask_files = tuple(str(p) for p in list_images(root / "masks", "masks"))
+    device = _device(opts)
+    if src.masks_kind == "stylegan3":
+        _mask_generator(opts, device, inputs)
+    elif opts.gan.class_idx is not None:
+        raise CellsynthError("--class needs --masks stylegan3:PATH")
+    if src.images_kind == "pix2pixhd":
+        path = src.source("images")[1]
+        inputs.translator = load_translator(path, device, "images")
+        inputs.out_channels = inputs.translator.output_nc
+        inputs.checkpoints["images"] = _translator_record(path)
+    if opts.spots.model is not None:
+        _spots_model(opts, device, inputs)
+    _check_spot_channels(opts, inputs.out_channels)
+    return inputs
