@@ -23,7 +23,6 @@ from cellsynth.benchmark.segmenters._torchutil import (  # noqa: E402
     predict_tiled,
     random_crop,
     random_flip_rot,
-    train_loop,
 )
 from cellsynth.datasets.canonical import CanonicalDataset, Sample, write_dataset  # noqa: E402
 from cellsynth.errors import CellsynthError  # noqa: E402
@@ -373,20 +372,6 @@ def test_crop_and_augment_keep_pairs_aligned():
         np.testing.assert_array_equal(x[1], -y.astype(np.float32))
     x, y = random_crop([img[:, :20, :10], lab[:20, :10]], 32, rng)  # padded up
     assert x.shape == (2, 32, 32) and y[20:].max() == 0 and y[:, 10:].max() == 0
-
-
-def test_train_loop_epochs_and_budget():
-    calls = []
-    r = train_loop(lambda s: calls.append(s) or 1.0, 3, epochs=2, progress=False)
-    assert calls == list(range(6)) and r["steps"] == 6 and r["epochs"] == 2
-    import time
-
-    r = train_loop(lambda s: time.sleep(0.02) or 0.5, 1000, budget_minutes=0.1 / 60, progress=False)
-    assert 1 <= r["steps"] < 50 and r["seconds"] < 2
-    with pytest.raises(CellsynthError):
-        train_loop(lambda s: float("nan"), 2, epochs=1, progress=False)
-    with pytest.raises(CellsynthError):
-        train_loop(lambda s: 1.0, 2, epochs=0, progress=False)
 
 
 def test_maskrcnn_paint_in_score_order():

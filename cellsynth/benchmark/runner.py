@@ -248,6 +248,7 @@ def _run_one(name, opts, budget, train, train_fp, tests, tmp, cache_dir, progres
         "cached": False,
         "cache_key": None,
         "train_s": 0.0,
+        "training": None,
         "datasets": {},
     }
     log = []
@@ -317,6 +318,9 @@ def _run_one(name, opts, budget, train, train_fp, tests, tmp, cache_dir, progres
                         write_text(ctmp / CACHE_INFO, json.dumps(_clean(info), indent=1))
                 except Exception as exc:
                     fail("save", exc)
+    if seg is not None and res["trained"]:
+        info = getattr(seg, "info", None)
+        res["training"] = _clean(dict(info)) if isinstance(info, dict) and info else None
     for dkey, ds in tests.items():
         dres = {"status": "ok", "error": None, "predict_s": 0.0, "images": [], "summary": None}
         res["datasets"][dkey] = dres

@@ -88,14 +88,17 @@ def maps_to_instances(
     seed_threshold: float = 0.5,
     min_distance: int = 3,
     min_size: int = 8,
+    seeds: str = "auto",
 ) -> np.ndarray:
     """Foreground (+ boundary, + distance) probability maps -> instance labels by watershed.
 
-    Seeds: connected regions of ``distance > seed_threshold`` when a distance map is given,
-    else of ``foreground`` minus ``boundary > boundary_threshold`` when a boundary map is given,
-    else the maxima (``min_distance`` apart) of the Euclidean distance transform of the
-    foreground. The watershed floods from the seeds over the foreground (on -distance, the
-    boundary map, or -EDT); foreground regions without a seed become objects of their own.
+    Seeds (``seeds``): ``"distance"``: connected regions of ``distance > seed_threshold``;
+    ``"boundary"``: connected regions of the foreground minus ``boundary > boundary_threshold``;
+    ``"edt"``: the maxima (``min_distance`` apart) of the Euclidean distance transform of the
+    foreground; ``"auto"``: distance when a distance map is given, else boundary when a boundary
+    map is given, else edt. The watershed floods from the seeds over the foreground (on
+    -distance (+ boundary), the boundary map, or -EDT); foreground regions without a seed become
+    objects of their own.
 
     Args:
         foreground: H x W probabilities in [0, 1].
@@ -104,6 +107,7 @@ def maps_to_instances(
         boundary_threshold, seed_threshold: seed cuts (see above).
         min_distance: minimal seed spacing in pixels (EDT seeds only).
         min_size: objects smaller than this many pixels are removed.
+        seeds: auto | distance | boundary | edt (see above).
     Returns:
         H x W uint16 labels (uint32 when more than 65535 objects), numbered 1..N.
     """
@@ -119,14 +123,21 @@ def maps_to_instances(
     if not mask.any():
         return np.zeros(fg.shape, dtype=np.uint16)
 
-    if distance is not None:
-        seeds, _ = ndi.label(mask & (distance > seed_threshold))
+    mode = seeds
+    if mode == "auto":
+        mode = "distance" if distance is not None else "boundary" if boundary is not None else "edt"
+    if mode not in ("distance", "boundary", "edt"):
+        raise CellsynthError(f"unknown seeds {seeds!r}; choose auto, distance, boundary or edt")
+    if (mode == "distance" and distance is None) or (mode == "boundary" and boundary is None):
+        raise CellsynthError(f"seeds {mode!r} need a {mode} map")
+    if mode == "distance":
+        markers, _ = ndi.label(mask & (distance > seed_threshold))
         elevation = -distance
         if boundary is not None:
             elevation = elevation + boundary
-    elif boundary is not None:
-        seeds, _ = ndi.label(mask & (boundary <= boundary_threshold))
-        elevation = boundary
+    elif mode == "boundary":
+        markers, _ = ndi.label(mask & (boundary <= boundary_threshold))
+        elevation = boundary if distance is None else boundary - distance
     else:
         edt = ndi.distance_transform_edt(mask)
         comps, _ = ndi.label(mask)
@@ -136,10 +147,10 @@ def maps_to_instances(
             labels=comps,
             exclude_border=False,
         )
-        seeds = np.zeros(fg.shape, dtype=np.int32)
-        seeds[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+        markers = np.zeros(fg.shape, dtype=np.int32)
+        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
         elevation = -edt
-    out = watershed(elevation, markers=seeds, mask=mask).astype(np.int64)
+    out = watershed(elevation, markers=markers, mask=mask).astype(np.int64)
 
     # foreground regions that no seed reached become objects of their own
     rest, n_rest = ndi.label(mask & (out == 0))

@@ -1,5 +1,6 @@
 """Helpers shared by the torch segmenters: image normalisation, random crops with flips/rot90,
-tiled prediction, a time- or epoch-budgeted training loop, seeding, and weight folders.
+area-weighted sampling, tiled prediction, seeding, learning-rate schedule, and weight folders
+(the budgeted training loop with its validation slice is in ``_fitting``).
 
 Also :class:`DenseSegmenter`, the common body of the segmenters that predict dense maps
 (foreground, boundary, distance) and turn them into instances with
@@ -17,6 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
+from cellsynth.benchmark.segmenters._fitting import (
+    autocast,
+    budgeted_fit,
+    pooled_ap50,
+    resolve_precision,
+    split_validation,
+    state_copy,
+    training_record,
+    tune_params,
+)
 from cellsynth.benchmark.segmenters._instances import instance_targets, maps_to_instances
 from cellsynth.benchmark.segmenters.base import Segmenter
 from cellsynth.errors import CellsynthError
@@ -120,6 +131,14 @@ def random_flip_rot(arrays, rng: np.random.Generator):
     return out
 
 
+def area_weights(arrays) -> np.ndarray:
+    """Sampling probabilities proportional to each array's pixel area (last two axes), so that
+    random crops cover every training pixel equally often: large, dense images (which hold most
+    of the objects the pooled metrics count) are not under-sampled."""
+    areas = np.array([float(a.shape[-2]) * float(a.shape[-1]) for a in arrays])
+    return areas / areas.sum()
+
+
 def _ramp(n: int, overlap: int) -> np.ndarray:
     w = np.ones(n, dtype=np.float32)
     if overlap > 0:
@@ -171,81 +190,6 @@ def predict_tiled(fn, x: np.ndarray, tile: int = 256, overlap: int = 32, multipl
             acc[:, y : y + th, x0 : x0 + tw] += out * ww
             weight[y : y + th, x0 : x0 + tw] += ww
     return (acc / np.maximum(weight, 1e-6))[:, :h, :w]
-
-
-def train_loop(
-    step_fn,
-    steps_per_epoch: int,
-    epochs: int | None = None,
-    budget_minutes: float | None = None,
-    default_epochs: int = 50,
-    progress: bool = True,
-    desc: str = "train",
-    set_lr=None,
-) -> dict:
-    """Run ``step_fn(step) -> loss`` for ``epochs`` epochs or until ``budget_minutes`` passed.
-
-    With both, whichever ends first; with neither, ``default_epochs``. ``set_lr(fraction)`` is
-    called before each step with the fraction of training done (by steps or by time, whichever
-    is further), for learning-rate schedules.
-    Returns: dict(epochs (completed, may be fractional), steps, seconds, loss (mean of last epoch)).
-    """
-    from tqdm import tqdm
-
-    if steps_per_epoch < 1:
-        raise CellsynthError("nothing to train on (0 steps per epoch)")
-    if epochs is not None and int(epochs) < 1:
-        raise CellsynthError(f"epochs must be >= 1, got {epochs}")
-    if budget_minutes is not None and float(budget_minutes) <= 0:
-        raise CellsynthError(f"budget_minutes must be > 0, got {budget_minutes}")
-    if epochs is None and budget_minutes is None:
-        epochs = default_epochs
-    total = int(epochs) * steps_per_epoch if epochs is not None else None
-    budget_s = float(budget_minutes) * 60.0 if budget_minutes is not None else None
-    t0 = time.perf_counter()
-    losses: list[float] = []
-    step = 0
-    bar = tqdm(total=total, desc=desc, disable=not progress, unit="step", leave=False)
-    try:
-        while True:
-            elapsed = time.perf_counter() - t0
-            if total is not None and step >= total:
-                break
-            if budget_s is not None and elapsed >= budget_s and step > 0:
-                break
-            frac = max(
-                step / total if total else 0.0,
-                elapsed / budget_s if budget_s else 0.0,
-            )
-            if set_lr is not None:
-                set_lr(min(frac, 1.0))
-            loss = float(step_fn(step))
-            if not math.isfinite(loss):
-                raise CellsynthError(f"{desc}: training diverged (loss {loss}); lower the lr")
-            losses.append(loss)
-            step += 1
-            bar.update(1)
-            if step % steps_per_epoch == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-steps_per_epoch:]):.4f}")
-    finally:
-        bar.close()
-    return {
-        "epochs": step / steps_per_epoch,
-        "steps": step,
-        "seconds": time.perf_counter() - t0,
-        "loss": float(np.mean(losses[-steps_per_epoch:])) if losses else float("nan"),
-    }
-
-
-def remaining_budget(budget_minutes, t_start: float):
-    """Minutes left of ``budget_minutes`` since ``time.perf_counter()`` was ``t_start`` (at
-    least a few seconds, so one step still runs); None stays None."""
-    if budget_minutes is None:
-        return None
-    if float(budget_minutes) <= 0:
-        raise CellsynthError(f"budget_minutes must be > 0, got {budget_minutes}")
-    used = (time.perf_counter() - t_start) / 60.0
-    return max(float(budget_minutes) - used, 0.05)
 
 
 def cosine_lr(optimizer, base_lr: float, warmup: float = 0.05):
@@ -352,8 +296,14 @@ class DenseSegmenter(Segmenter):
         "seed_threshold": 0.5,
         "min_distance": 3,
         "min_size": 8,
+        "seeds": "auto",  # watershed seeds: auto | distance | boundary | edt (see _instances)
         "seed": 0,
         "device": None,
+        "precision": "auto",  # auto: bf16 where the device has it, else fp32
+        "val_fraction": 0.1,  # validation slice of the training split (seeded)
+        "val_max_images": 64,  # at most this many validation images
+        "n_evals": 10,  # validation points along the training
+        "tune": True,  # choose the post-processing thresholds on the validation slice
     }
     EXTRA: dict = {}
 
@@ -376,6 +326,7 @@ class DenseSegmenter(Segmenter):
                 )
         self.net = None
         self.info: dict = {}
+        self.precision = None
 
     # --- to override -------------------------------------------------------------------
     outputs: tuple[str, ...] = ("fg",)
@@ -403,7 +354,9 @@ class DenseSegmenter(Segmenter):
         return self.net
 
     def fit(self, train, workdir, budget_minutes=None, epochs=None, progress=True) -> None:
-        """Train on a canonical dataset split (random crops + flips/rot90, AdamW, cosine LR).
+        """Train on a canonical dataset split (random crops + flips/rot90, AdamW, cosine LR),
+        keep the best weights by AP@0.5 on a seeded validation slice, then choose the
+        post-processing thresholds on that slice.
 
         Args:
             train: CanonicalDataset (or any sequence of Samples).
@@ -421,47 +374,123 @@ class DenseSegmenter(Segmenter):
         if in_ch is None:
             in_ch = max(1 if s.image.ndim == 2 else s.image.shape[-1] for s in samples)
             o["in_channels"] = int(in_ch)
-        images = [normalize_image(s.image, in_ch) for s in samples]
-        targets = [instance_targets(s.labels)[self._target_index()] for s in samples]
+        tr_idx, val_idx = split_validation(
+            len(samples), o["val_fraction"], int(o["seed"]), int(o["val_max_images"])
+        )
+        val = [samples[i] for i in val_idx]
+        fit_samples = [samples[i] for i in tr_idx]
+        images = [normalize_image(s.image, in_ch) for s in fit_samples]
+        targets = [instance_targets(s.labels)[self._target_index()] for s in fit_samples]
         device = get_device(o["device"])
+        precision = resolve_precision(o["precision"], device)
+        self.precision = precision
         net = self._ensure_net(in_ch)
+        if device.type == "cpu":
+            net.to(memory_format=torch.channels_last)
         rng = np.random.default_rng(int(o["seed"]))
         bs, crop = int(o["batch_size"]), int(o["crop"])
-        steps = o["steps_per_epoch"] or max(1, math.ceil(len(samples) / bs))
+        steps = o["steps_per_epoch"] or max(1, math.ceil(len(fit_samples) / bs))
         opt = torch.optim.AdamW(net.parameters(), lr=float(o["lr"]), weight_decay=o["weight_decay"])
+        probs = area_weights(images)
 
         def step_fn(step):
             xs, ys = [], []
-            for i in rng.integers(0, len(images), size=bs):
+            for i in rng.choice(len(images), size=bs, p=probs):
                 x, y = random_flip_rot(random_crop([images[i], targets[i]], crop, rng), rng)
                 xs.append(x)
                 ys.append(y)
             x = torch.from_numpy(np.stack(xs)).to(device)
             y = torch.from_numpy(np.stack(ys)).to(device)
+            if device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
             net.train()
-            logits = self._logits(net, x)
+            with autocast(device, precision):
+                logits = self._logits(net, x)
             if not isinstance(logits, (list, tuple)):
                 logits = [logits]
-            loss = sum(F.binary_cross_entropy_with_logits(lg, y) for lg in logits)
+            loss = sum(F.binary_cross_entropy_with_logits(lg.float(), y) for lg in logits)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             return loss.item()
 
+        def evaluate():
+            maps = [dict(zip(self.outputs, self.predict_maps(s.image))) for s in val]
+            preds = [self._instances(m, self.options) for m in maps]
+            return pooled_ap50([s.labels for s in val], preds), maps
+
         with seeded(int(o["seed"]) + 1):
-            result = train_loop(
+            result = budgeted_fit(
                 step_fn,
                 steps,
+                evaluate=evaluate if val else None,
+                snapshot=lambda: state_copy(net),
+                restore=net.load_state_dict,
                 epochs=epochs,
-                budget_minutes=remaining_budget(budget_minutes, t_start),
+                budget_minutes=budget_minutes,
                 default_epochs=int(o["epochs"]),
+                t_start=t_start,
+                set_lr=cosine_lr(opt, float(o["lr"])),
+                n_evals=int(o["n_evals"]),
                 progress=progress,
                 desc=f"{self.name} fit",
-                set_lr=cosine_lr(opt, float(o["lr"])),
             )
-        self.info = {"train_images": len(samples), **result}
+        post = None
+        if val and o["tune"] and result["best_payload"] is not None:
+            post = self._tune(val, result["best_payload"], budget_minutes, t_start)
+        self.info = training_record(
+            result,
+            precision,
+            device,
+            budget_minutes,
+            {
+                "n_images": len(val),
+                "names": [s.name for s in val],
+                "fraction": float(o["val_fraction"]),
+                "seed": int(o["seed"]),
+            },
+            post,
+            t_start,
+            train_images=len(fit_samples),
+        )
         if workdir is not None:
             self.save(Path(workdir) / "model")
+
+    def _tune_grid(self) -> dict:
+        grid = {"fg_threshold": [0.3, 0.4, 0.5, 0.6, 0.7]}
+        modes = [m for m in ("boundary", "distance") if m in self.outputs]
+        if len(modes) > 1:
+            grid["seeds"] = modes
+        if "boundary" in self.outputs:
+            grid["boundary_threshold"] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+        if "distance" in self.outputs:
+            grid["seed_threshold"] = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+        if not modes:
+            grid["min_distance"] = [2, 3, 5, 8, 12]
+        grid["min_size"] = [4, 8, 16, 32, 64]
+        return grid
+
+    def _tune(self, val, maps, budget_minutes, t_start) -> dict:
+        """Choose the post-processing on the validation maps; store it in the options."""
+        grid = self._tune_grid()
+        start = {k: self.options[k] for k in grid}
+        deadline = None
+        if budget_minutes is not None:
+            deadline = t_start + float(budget_minutes) * 60.0
+        truth = [s.labels for s in val]
+
+        def score(params):
+            opts = {**self.options, **params}
+            return pooled_ap50(truth, [self._instances(m, opts) for m in maps])
+
+        found = tune_params(score, grid, start, deadline=deadline)
+        self.options.update(found["params"])
+        return {
+            "params": found["params"],
+            "val_ap50": found["score"],
+            "default_val_ap50": found["default_score"],
+            "tried": found["tried"],
+        }
 
     def predict_maps(self, image: np.ndarray) -> np.ndarray:
         """Image -> K x H x W probabilities (the channels named in ``outputs``)."""
@@ -471,23 +500,25 @@ class DenseSegmenter(Segmenter):
             raise CellsynthError(f"{self.name}: model is not trained; call fit() or load() first")
         o = self.options
         device = get_device(o["device"])
+        precision = getattr(self, "precision", None) or resolve_precision(o["precision"], device)
         x = normalize_image(image, int(o["in_channels"]))
         net = self.net
         net.eval()
 
         def fn(tile):
-            with torch.no_grad():
-                out = net(torch.from_numpy(np.ascontiguousarray(tile)).to(device))
+            t = torch.from_numpy(np.ascontiguousarray(tile)).to(device)
+            if device.type == "cpu":
+                t = t.contiguous(memory_format=torch.channels_last)
+            with torch.no_grad(), autocast(device, precision):
+                out = net(t)
             if isinstance(out, (list, tuple)):
                 out = out[0]
-            return torch.sigmoid(out).cpu().numpy()
+            return torch.sigmoid(out.float()).cpu().numpy()
 
         return predict_tiled(fn, x, int(o["tile"]), int(o["overlap"]), self.multiple)
 
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        """H x W (x C) image -> uint16 instance labels H x W."""
-        maps = dict(zip(self.outputs, self.predict_maps(image)))
-        o = self.options
+    @staticmethod
+    def _instances(maps: dict, o: dict) -> np.ndarray:
         return maps_to_instances(
             maps["fg"],
             boundary=maps.get("boundary"),
@@ -497,7 +528,12 @@ class DenseSegmenter(Segmenter):
             seed_threshold=o["seed_threshold"],
             min_distance=o["min_distance"],
             min_size=o["min_size"],
+            seeds=o.get("seeds", "auto"),
         )
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """H x W (x C) image -> uint16 instance labels H x W."""
+        return self._instances(dict(zip(self.outputs, self.predict_maps(image))), self.options)
 
     def save(self, path: str | os.PathLike) -> None:
         if self.net is None:

@@ -18,17 +18,27 @@ download function of cellpose is replaced by one that raises while this module c
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from cellsynth.benchmark.segmenters._fitting import (
+    autocast,
+    budgeted_fit,
+    pooled_ap50,
+    resolve_precision,
+    split_validation,
+    state_copy,
+    training_record,
+    tune_params,
+)
 from cellsynth.benchmark.segmenters._instances import relabel
 from cellsynth.benchmark.segmenters._torchutil import (
+    area_weights,
     check_train,
+    cosine_lr,
     get_device,
     load_weights,
     save_weights,
@@ -67,13 +77,18 @@ DEFAULTS = {
     "learning_rate": 0.005,
     "weight_decay": 1e-5,
     "epochs": 100,  # used when neither epochs nor a budget is given to fit
-    "nimg_per_epoch": None,  # None: all training images (shrunk for short budgets)
+    "scale_range": 0.5,  # random resize augmentation: x (1 - r/2) .. (1 + r/2)
     "min_train_masks": 5,
     "flow_threshold": 0.4,
     "cellprob_threshold": 0.0,
     "min_size": 15,
     "seed": 0,
     "device": None,
+    "precision": "auto",  # auto: bf16 where the device has it, else fp32
+    "val_fraction": 0.1,  # validation slice of the training split (seeded)
+    "val_max_images": 16,  # at most this many validation images (each costs ~2 s)
+    "n_evals": 5,  # validation points along the training (each costs ~2 s per image)
+    "tune": True,  # choose the thresholds on the validation slice
 }
 
 # built-in model name -> file name in the Cellpose model folder (cellpose 3.x naming)
@@ -174,6 +189,7 @@ class CellposeSegmenter(Segmenter):
             raise CellsynthError(f"cellpose: bsize {o['bsize']} must be a multiple of 16, >= 32")
         self.model = None
         self.info: dict = {}
+        self.precision = None
         if o["model"] is not None:
             self._load_pretrained(o["model"])
 
@@ -183,7 +199,7 @@ class CellposeSegmenter(Segmenter):
 
         device = get_device(self.options["device"])
         with offline():
-            return models.CellposeModel(
+            cpm = models.CellposeModel(
                 gpu=device.type == "cuda",
                 device=device,
                 pretrained_model=pretrained,
@@ -191,6 +207,13 @@ class CellposeSegmenter(Segmenter):
                 nchan=int(self.options["nchan"]),
                 mkldnn=False,
             )
+        # under bf16 autocast the outputs come back as float32 (cellpose hands them to numpy)
+        cpm.net.register_forward_hook(_outputs_to_float)
+        if device.type == "cpu":  # oneDNN's convolutions are faster channels-last
+            import torch
+
+            cpm.net.to(memory_format=torch.channels_last)
+        return cpm
 
     def _load_pretrained(self, model: str) -> None:
         if model == "cpsam":
@@ -220,14 +243,19 @@ class CellposeSegmenter(Segmenter):
 
     # --- training ------------------------------------------------------------------------
     def fit(self, train, workdir, budget_minutes=None, epochs=None, progress=True) -> None:
-        """Train a CPnet from scratch with ``cellpose.train.train_seg`` (cellpose 3.x).
+        """Train a CPnet from scratch (cellpose 3.x) with Cellpose's own pieces: its network,
+        flows (``dynamics.labels_to_flows``), augmentation (``transforms.random_rotate_and_resize``)
+        and loss (``train._loss_fn_seg``), driven by :func:`budgeted_fit` so that a minutes budget
+        is spent whole, the best weights by validation AP@0.5 are kept, and the cell-probability
+        and flow thresholds are chosen on the validation slice.
 
         Args:
             train: CanonicalDataset (or sequence of Samples).
-            workdir: folder for cellpose's own checkpoints and the saved model (``model/``).
+            workdir: folder for the saved model (``model/``).
             budget_minutes / epochs: whichever ends first; neither -> option ``epochs``.
         """
-        from cellpose import dynamics, models, transforms
+        import torch
+        from cellpose import dynamics, transforms
         from cellpose import train as cp_train
 
         o = self.options
@@ -248,7 +276,12 @@ class CellposeSegmenter(Segmenter):
             raise CellsynthError(f"budget_minutes must be > 0, got {budget_minutes}")
         t_start = time.perf_counter()
         samples = list(train)
-        labels = [s.labels.astype(np.int32) for s in samples]
+        tr_idx, val_idx = split_validation(
+            len(samples), o["val_fraction"], int(o["seed"]), int(o["val_max_images"])
+        )
+        val = [samples[i] for i in val_idx]
+        fit_samples = [samples[i] for i in tr_idx]
+        labels = [s.labels.astype(np.int32) for s in fit_samples]
         n_masks = [len(np.unique(lab)) - 1 for lab in labels]
         keep = [i for i, n in enumerate(n_masks) if n >= int(o["min_train_masks"])]
         if not keep:
@@ -258,115 +291,185 @@ class CellposeSegmenter(Segmenter):
             )
         diam = mean_diameter([labels[i] for i in keep])
         device = get_device(o["device"])
-        channels = list(o["channels"])
-        norm = {"normalize": True}
-        data = []
-        for i in keep:
-            img, ax = _images_for_cellpose(samples[i].image)
-            x = transforms.convert_image(img, channels=channels, channel_axis=ax, nchan=o["nchan"])
-            x = transforms.normalize_img(x, **{**models.normalize_default, **norm})
-            data.append(np.ascontiguousarray(np.moveaxis(x, -1, 0), dtype=np.float32))
+        precision = resolve_precision(o["precision"], device)
+        self.precision = precision
+        data = [self._prepare(fit_samples[i].image) for i in keep]
         flows = dynamics.labels_to_flows([labels[i] for i in keep], device=device)
+        flows = [np.asarray(f[1:], dtype=np.float32) for f in flows]
 
         with seeded(int(o["seed"])):
             cpm = self._cellpose_model(False, diam)
         net = cpm.net
-        bs = int(o["batch_size"])
-        nimg = len(data)
-        common = dict(
-            train_data=data,
-            train_labels=flows,
-            batch_size=bs,
-            learning_rate=float(o["learning_rate"]),
-            weight_decay=float(o["weight_decay"]),
-            normalize={"normalize": False},
-            channels=None,
-            bsize=int(o["bsize"]),
-            min_train_masks=0,
-            rescale=True,
-        )
-        workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp())
-        workdir.mkdir(parents=True, exist_ok=True)
-        max_epochs = int(epochs) if epochs is not None else None
-        nimg_per_epoch = int(o["nimg_per_epoch"] or nimg)
-        probe = None
-        if budget_minutes is not None:
-            # time a short probe run (lr 0 in its only epoch) on a copy of the network
-            probe_n = min(2 * bs, nimg_per_epoch)
-            t0 = time.perf_counter()
-            with _numpy_seed(int(o["seed"])), seeded(int(o["seed"])):
-                cp_train.train_seg(
-                    copy.deepcopy(net),
-                    n_epochs=1,
-                    nimg_per_epoch=probe_n,
-                    save_path=workdir,
-                    model_name="probe",
-                    **common,
-                )
-            per_img = (time.perf_counter() - t0) / probe_n
-            (workdir / "models" / "probe").unlink(missing_ok=True)
-            left = float(budget_minutes) * 60.0 - (time.perf_counter() - t_start)
-            n_imgs = max(int(0.95 * left / per_img), bs)
-            probe = {"seconds_per_image": per_img, "images_affordable": n_imgs}
-            by_budget = max(n_imgs // nimg_per_epoch, 1)
-            if max_epochs is None and by_budget < 20 and o["nimg_per_epoch"] is None:
-                # short budget: smaller epochs so that the 10-epoch warm-up completes
-                nimg_per_epoch = max(bs, n_imgs // 20)
-                by_budget = max(n_imgs // nimg_per_epoch, 1)
-            max_epochs = by_budget if max_epochs is None else min(max_epochs, by_budget)
-        if max_epochs is None:
-            max_epochs = int(o["epochs"])
-        t0 = time.perf_counter()
-        with _numpy_seed(int(o["seed"])), seeded(int(o["seed"]) + 1):
-            cp_train.train_seg(
-                net,
-                n_epochs=max_epochs,
-                nimg_per_epoch=nimg_per_epoch,
-                save_path=workdir,
-                model_name="cellpose_scratch",
-                save_every=max(max_epochs, 1),
-                **common,
-            )
-        cpm.diam_labels = float(net.diam_labels.item())
+        net.diam_labels.data = torch.tensor([diam], dtype=torch.float32, device=device)
+        cpm.diam_labels = diam
         self.model = cpm
-        self.info = {
-            "train_images": nimg,
-            "epochs": max_epochs,
-            "nimg_per_epoch": nimg_per_epoch,
-            "diam_mean": diam,
-            "seconds": time.perf_counter() - t0,
-            "probe": probe,
-            "cellpose": CELLPOSE_VERSION,
-        }
-        self.save(workdir / "model")
+        bs, bsize = int(o["batch_size"]), int(o["bsize"])
+        rng = np.random.default_rng(int(o["seed"]))
+        opt = torch.optim.AdamW(
+            net.parameters(), lr=float(o["learning_rate"]), weight_decay=float(o["weight_decay"])
+        )
+        steps = max(1, int(np.ceil(len(data) / bs)))
+        probs = area_weights(data)
 
-    # --- prediction ----------------------------------------------------------------------
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        """H x W (x C) image -> uint16 instance labels H x W (``CellposeModel.eval``)."""
-        if self.model is None:
-            raise CellsynthError("cellpose: model is not trained; call fit() or load() first")
+        def step_fn(step):
+            inds = rng.choice(len(data), size=bs, p=probs)
+            # cellpose's augmentation draws from numpy's global RNG: seed it per step
+            np.random.seed(int(rng.integers(0, 2**31 - 1)))
+            imgi, lbl = transforms.random_rotate_and_resize(
+                [data[i] for i in inds],
+                Y=[flows[i] for i in inds],
+                scale_range=float(o["scale_range"]),
+                xy=(bsize, bsize),
+            )[:2]
+            x = torch.from_numpy(imgi).to(device)
+            if device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            net.train()
+            with autocast(device, precision):
+                y = net(x)[0]
+            loss = cp_train._loss_fn_seg(lbl, y.float(), device)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss.item()
+
+        def evaluate():
+            out = [self._net_output(s.image) for s in val]
+            preds = [self._masks(dp, cp, self.options) for dp, cp in out]
+            return pooled_ap50([s.labels for s in val], preds), out
+
+        with _numpy_seed(int(o["seed"])), seeded(int(o["seed"]) + 1):
+            result = budgeted_fit(
+                step_fn,
+                steps,
+                evaluate=evaluate if val else None,
+                snapshot=lambda: state_copy(net),
+                restore=net.load_state_dict,
+                epochs=epochs,
+                budget_minutes=budget_minutes,
+                default_epochs=int(o["epochs"]),
+                t_start=t_start,
+                set_lr=cosine_lr(opt, float(o["learning_rate"])),
+                n_evals=int(o["n_evals"]),
+                progress=progress,
+                desc="cellpose fit",
+            )
+        post = None
+        if val and o["tune"] and result["best_payload"] is not None:
+            post = self._tune(val, result["best_payload"], budget_minutes, t_start)
+        self.info = training_record(
+            result,
+            precision,
+            device,
+            budget_minutes,
+            {
+                "n_images": len(val),
+                "names": [s.name for s in val],
+                "fraction": float(o["val_fraction"]),
+                "seed": int(o["seed"]),
+            },
+            post,
+            t_start,
+            train_images=len(data),
+            diam_mean=diam,
+            cellpose=CELLPOSE_VERSION,
+        )
+        if workdir is not None:
+            self.save(Path(workdir) / "model")
+
+    def _tune(self, val, outputs, budget_minutes, t_start) -> dict:
+        """Choose cellprob_threshold, flow_threshold and min_size on the validation slice."""
+        grid = {
+            "cellprob_threshold": [-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0],
+            "flow_threshold": [0.2, 0.4, 0.6, 0.8, 0.0],
+            "min_size": [5, 15, 30, 60],
+        }
+        start = {k: self.options[k] for k in grid}
+        deadline = None
+        if budget_minutes is not None:
+            deadline = t_start + float(budget_minutes) * 60.0
+        truth = [s.labels for s in val]
+
+        def score(params):
+            opts = {**self.options, **params}
+            return pooled_ap50(truth, [self._masks(dp, cp, opts) for dp, cp in outputs])
+
+        found = tune_params(score, grid, start, deadline=deadline)
+        self.options.update(found["params"])
+        return {
+            "params": found["params"],
+            "val_ap50": found["score"],
+            "default_val_ap50": found["default_score"],
+            "tried": found["tried"],
+        }
+
+    def _prepare(self, image: np.ndarray) -> np.ndarray:
+        """Image -> nchan x H x W float32, as Cellpose converts and normalises it."""
+        from cellpose import models, transforms
+
         o = self.options
         img, ax = _images_for_cellpose(image)
+        x = transforms.convert_image(
+            img, channels=list(o["channels"]), channel_axis=ax, nchan=o["nchan"]
+        )
+        x = transforms.normalize_img(x, **{**models.normalize_default, "normalize": True})
+        return np.ascontiguousarray(np.moveaxis(x, -1, 0), dtype=np.float32)
+
+    def _net_output(self, image: np.ndarray):
+        """Image -> (dP 2 x H x W, cellprob H x W) from the network (``CellposeModel.eval``
+        without its mask step), in the chosen precision."""
+        import torch
+
+        o = self.options
+        img, ax = _images_for_cellpose(image)
+        device = get_device(o["device"])
+        precision = self.precision or resolve_precision(o["precision"], device)
         diameter = o["diameter"]
         if diameter is None and o["model"] is None:
             diameter = float(self.model.diam_labels)
-        kwargs = {}
-        if CELLPOSE_MAJOR < 4:
-            kwargs["channels"] = list(o["channels"])
-        with offline():
-            masks = self.model.eval(
+        kwargs = {"channels": list(o["channels"])} if CELLPOSE_MAJOR < 4 else {}
+        with offline(), torch.no_grad(), autocast(device, precision):
+            _, flows, _ = self.model.eval(
                 img,
                 channel_axis=ax,
                 diameter=diameter,
                 normalize={"normalize": True},
-                flow_threshold=float(o["flow_threshold"]),
-                cellprob_threshold=float(o["cellprob_threshold"]),
-                min_size=int(o["min_size"]),
                 bsize=int(o["bsize"]),
+                compute_masks=False,
                 progress=False,
                 **kwargs,
-            )[0]
+            )
+        return np.asarray(flows[1], dtype=np.float32), np.asarray(flows[2], dtype=np.float32)
+
+    def _masks(self, dP: np.ndarray, cellprob: np.ndarray, o: dict) -> np.ndarray:
+        """Cellpose's own mask step (``dynamics.compute_masks``) with the given thresholds."""
+        from cellpose import dynamics
+
+        masks = dynamics.compute_masks(
+            dP,
+            cellprob,
+            niter=200,
+            cellprob_threshold=float(o["cellprob_threshold"]),
+            flow_threshold=float(o["flow_threshold"]),
+            min_size=int(o["min_size"]),
+            device=get_device(o["device"]),
+        )
+        masks = masks[0] if isinstance(masks, tuple) else masks
         return relabel(np.asarray(masks))
+
+    # --- prediction ----------------------------------------------------------------------
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """H x W (x C) image -> uint16 instance labels H x W: the network's flows and cell
+        probability, then Cellpose's mask step with the (chosen) thresholds."""
+        if self.model is None:
+            raise CellsynthError("cellpose: model is not trained; call fit() or load() first")
+        if self.options["model"] == "cpsam":  # pragma: no cover - needs cellpose 4
+            img, ax = _images_for_cellpose(image)
+            with offline():
+                masks = self.model.eval(img, channel_axis=ax, progress=False)[0]
+            return relabel(np.asarray(masks))
+        dP, cellprob = self._net_output(image)
+        return self._masks(dP, cellprob, self.options)
 
     # --- persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -415,6 +518,18 @@ def resolve_pretrained_cp4(name: str) -> str:  # pragma: no cover - needs cellpo
             f"{name} into {target.parent} (or set CELLPOSE_LOCAL_MODELS_PATH)"
         )
     return str(target)
+
+
+def _outputs_to_float(module, inputs, outputs):
+    """Forward hook: low-precision tensor outputs -> float32 (others unchanged)."""
+    import torch
+
+    def cast(t):
+        return t.float() if torch.is_tensor(t) and t.is_floating_point() else t
+
+    if isinstance(outputs, (tuple, list)):
+        return type(outputs)(cast(t) for t in outputs)
+    return cast(outputs)
 
 
 @contextlib.contextmanager

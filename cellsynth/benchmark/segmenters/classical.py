@@ -185,6 +185,7 @@ class Classical(Segmenter):
                 f"known: {', '.join(sorted(DEFAULTS))}"
             )
         super().__init__(**{**DEFAULTS, **options})
+        self.info: dict = {}
 
     def segment(self, image: np.ndarray, **override) -> np.ndarray:
         """Segment one image with the options (``override`` replaces some); uint16/32 labels."""
@@ -224,17 +225,31 @@ class Classical(Segmenter):
         samples = [train[int(i)] for i in picks]
         grid = [(m, d) for m in ("otsu", "li", "local") for d in (3, 5, 8, 12)]
         deadline = None if budget_minutes is None else time.monotonic() + 60 * budget_minutes
-        best, best_score = None, -1.0
+        best, best_score, tried = None, -1.0, 0
+        start = (self.options["method"], self.options["min_distance"])
+        default_score = None
         for method, dist in tqdm(grid, desc="classical tune", disable=not progress):
             preds = [self.segment(s.image, method=method, min_distance=dist) for s in samples]
             _, tp, fp, fn = average_precision([s.labels for s in samples], preds, [0.5])
             score = tp.sum() / max(tp.sum() + fp.sum() + fn.sum(), 1)
+            tried += 1
+            if (method, dist) == start:
+                default_score = float(score)
             if score > best_score:
                 best, best_score = (method, dist), score
             if deadline is not None and time.monotonic() > deadline:
                 break
         self.options["method"], self.options["min_distance"] = best
         self.options["tuned_ap50"] = float(best_score)
+        self.info = {
+            "validation": {"n_images": len(samples), "names": [s.name for s in samples]},
+            "postprocess": {
+                "params": {"method": best[0], "min_distance": best[1]},
+                "val_ap50": float(best_score),
+                "default_val_ap50": default_score,
+                "tried": tried,
+            },
+        }
 
     @classmethod
     def load(cls, path):

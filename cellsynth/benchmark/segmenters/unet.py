@@ -29,6 +29,9 @@ class UNetSegmenter(DenseSegmenter):
         "unet_channels": [16, 32, 64, 128, 256, 512],
         "strides": [2, 2, 2, 2, 2],
         "num_res_units": 3,
+        # batch norm: MONAI's default instance norm rescales each tile on its own, which on
+        # sparse fluorescence tiles turns background noise into foreground-like features
+        "norm": "batch",
     }
 
     def _multiple(self) -> int:
@@ -58,4 +61,5 @@ class UNetSegmenter(DenseSegmenter):
             channels=tuple(int(c) for c in o["unet_channels"]),
             strides=tuple(int(s) for s in o["strides"]),
             num_res_units=int(o["num_res_units"]),
+            norm=str(o["norm"]),
         )

@@ -1,0 +1,320 @@
+"""Training within a budget, judged on a validation slice: what every trainable segmenter shares.
+
+- :func:`split_validation`: a seeded validation slice of the training split (recorded).
+- :func:`resolve_precision` / :func:`autocast`: bf16 mixed precision where the device has it
+  (CPUs with ``avx512_bf16`` or ``amx_bf16``; CUDA devices with bf16), fp32 elsewhere.
+- :func:`budgeted_fit`: runs training steps until the epochs or the minutes are spent, evaluates
+  the validation slice at regular points, keeps the best weights by validation AP@0.5 and the
+  learning curve, and stops early enough to leave time for choosing the post-processing.
+- :func:`tune_params`: coordinate search of post-processing parameters on the validation slice.
+- :func:`pooled_ap50`: TP / (TP + FP + FN) at IoU 0.5 summed over images (the headline figure).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+
+import numpy as np
+
+from cellsynth.errors import CellsynthError
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (``avx512_bf16`` or ``amx_bf16``)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    try:  # other systems: ask oneDNN
+        import torch
+
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+def resolve_precision(precision, device) -> str:
+    """``auto`` | ``bf16`` | ``fp32`` on ``device`` -> the precision that will run.
+
+    ``auto`` is bf16 where the device has native bf16 (see :func:`cpu_has_bf16`; CUDA devices
+    with ``torch.cuda.is_bf16_supported()``), else fp32. An explicit ``bf16`` on a device without
+    it raises CellsynthError."""
+    precision = "auto" if precision is None else str(precision).lower()
+    if precision not in PRECISIONS:
+        raise CellsynthError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return "fp32"
+    if device.type == "cuda":
+        import torch
+
+        ok = bool(torch.cuda.is_bf16_supported())
+    else:
+        ok = device.type == "cpu" and cpu_has_bf16()
+    if precision == "bf16" and not ok:
+        raise CellsynthError(
+            f"precision bf16: the {device.type} device here has no native bf16; "
+            "use precision fp32 (or auto)"
+        )
+    return "bf16" if ok else "fp32"
+
+
+def autocast(device, precision: str):
+    """Autocast context for ``precision`` ("bf16": bfloat16 autocast; "fp32": no-op)."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def split_validation(n: int, fraction: float, seed: int, max_val: int = 64):
+    """Seeded split of ``n`` training items into (train indices, validation indices).
+
+    ``round(fraction * n)`` items (at least 1 when ``fraction > 0`` and ``n >= 2``, at most
+    ``max_val``) are held out; at least one item is always left for training."""
+    fraction = float(fraction)
+    if not 0.0 <= fraction < 1.0:
+        raise CellsynthError(f"val_fraction must be in [0, 1), got {fraction}")
+    n_val = 0
+    if fraction > 0 and n >= 2:
+        n_val = min(max(1, int(round(fraction * n))), n - 1, int(max_val))
+    perm = np.random.default_rng(int(seed)).permutation(n)
+    return sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist())
+
+
+def pooled_ap50(true_list, pred_list) -> float:
+    """Pooled AP at IoU 0.5: sum TP / sum (TP + FP + FN) over the images (0 when all empty)."""
+    from cellsynth.benchmark.metrics import average_precision
+
+    if not true_list:
+        return float("nan")
+    _, tp, fp, fn = average_precision(list(true_list), list(pred_list), [0.5])
+    den = int(tp.sum() + fp.sum() + fn.sum())
+    return float(tp.sum() / den) if den else 0.0
+
+
+def tune_params(score_fn, grid: dict, start: dict, rounds: int = 2, deadline: float | None = None):
+    """Coordinate search: for each parameter in turn, try every value of ``grid[name]`` with the
+    others fixed, keep the best; repeat ``rounds`` times or until nothing changes.
+
+    Args:
+        score_fn: params dict -> score (higher is better).
+        grid: name -> candidate values; start: initial values (the defaults).
+        deadline: ``time.perf_counter()`` value after which no new candidate is tried.
+    Returns: dict(params, score, default_score, tried).
+    """
+    seen: dict = {}
+
+    def score(p):
+        key = tuple(sorted(p.items()))
+        if key not in seen:
+            seen[key] = float(score_fn(dict(p)))
+        return seen[key]
+
+    best = dict(start)
+    default_score = best_score = score(best)
+    for _ in range(max(int(rounds), 1)):
+        changed = False
+        for name, values in grid.items():
+            for v in values:
+                if deadline is not None and time.perf_counter() > deadline:
+                    break
+                cand = {**best, name: v}
+                s = score(cand)
+                if s > best_score + 1e-12:
+                    best, best_score, changed = cand, s, True
+        if not changed:
+            break
+    return {
+        "params": best,
+        "score": best_score,
+        "default_score": default_score,
+        "tried": len(seen),
+    }
+
+
+def state_copy(module) -> dict:
+    """A detached CPU copy of a module's state_dict (for keeping the best weights)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def budgeted_fit(
+    step_fn,
+    steps_per_epoch: int,
+    evaluate=None,
+    snapshot=None,
+    restore=None,
+    epochs: int | None = None,
+    budget_minutes: float | None = None,
+    default_epochs: int = 50,
+    t_start: float | None = None,
+    set_lr=None,
+    n_evals: int = 10,
+    reserve_evals: float = 3.0,
+    eval_untrained: bool = True,
+    progress: bool = True,
+    desc: str = "train",
+) -> dict:
+    """Train with ``step_fn(step) -> loss`` for ``epochs`` epochs or ``budget_minutes`` minutes
+    (counted from ``t_start``, default now), whichever ends first (neither: ``default_epochs``),
+    evaluating ``evaluate() -> (val_ap50, payload)`` before the first step (the untrained
+    state), about ``n_evals`` times along the way, and at the end.
+
+    The best evaluation's weights (``snapshot() -> state``) are restored at the end
+    (``restore(state)``). With a minutes budget, training stops when the time left equals
+    ``reserve_evals`` times the measured cost of one evaluation, which the caller spends on
+    choosing the post-processing (:func:`tune_params`). ``set_lr(fraction)`` is called before
+    each step with the fraction of training done. ``eval_untrained=False`` skips the first
+    evaluation (for detectors whose untrained output is hundreds of boxes per image, which
+    costs minutes to score and says nothing).
+
+    Returns: dict(steps, epochs, seconds, loss, curve, best, best_payload, eval_seconds (the
+    last evaluation), step_seconds (time inside ``step_fn``), stopped_by).
+    """
+    from tqdm import tqdm
+
+    if steps_per_epoch < 1:
+        raise CellsynthError("nothing to train on (0 steps per epoch)")
+    if epochs is not None and int(epochs) < 1:
+        raise CellsynthError(f"epochs must be >= 1, got {epochs}")
+    if budget_minutes is not None and float(budget_minutes) <= 0:
+        raise CellsynthError(f"budget_minutes must be > 0, got {budget_minutes}")
+    if epochs is None and budget_minutes is None:
+        epochs = default_epochs
+    t0 = time.perf_counter() if t_start is None else float(t_start)
+    total = int(epochs) * steps_per_epoch if epochs is not None else None
+    budget_s = float(budget_minutes) * 60.0 if budget_minutes is not None else None
+    eval_cost = 0.0
+    if evaluate is None:
+        n_evals = 0
+    every_steps = max(1, total // n_evals) if (total and n_evals) else None
+    every_s = None
+    if budget_s is not None and n_evals:
+        every_s = max((budget_s - (time.perf_counter() - t0)) / n_evals, 1.0)
+    train_start = time.perf_counter()
+    curve: list[dict] = []
+    best: dict | None = None
+    best_state, best_payload = None, None
+    losses: list[float] = []
+    since_eval: list[float] = []
+    step, next_eval_t = 0, time.perf_counter() + (every_s or math.inf)
+    step_seconds = 0.0
+
+    def run_eval():
+        nonlocal best, best_state, best_payload, eval_cost
+        te = time.perf_counter()
+        score, payload = evaluate()
+        eval_cost = time.perf_counter() - te
+        point = {
+            "minutes": (time.perf_counter() - t0) / 60.0,
+            "steps": step,
+            "epochs": step / steps_per_epoch,
+            "loss": float(np.mean(since_eval)) if since_eval else None,
+            "val_ap50": float(score),
+        }
+        since_eval.clear()
+        curve.append(point)
+        if best is None or score > best["val_ap50"]:
+            best = {k: point[k] for k in ("minutes", "steps", "epochs", "val_ap50")}
+            best_state = snapshot() if snapshot is not None else None
+            best_payload = payload
+
+    if evaluate is not None and eval_untrained:
+        run_eval()  # the untrained state: the learning curve starts here
+        next_eval_t = time.perf_counter() + (every_s or math.inf)
+    stopped_by = "epochs"
+    bar = tqdm(total=total, desc=desc, disable=not progress, unit="step", leave=False)
+    try:
+        while True:
+            now = time.perf_counter()
+            if total is not None and step >= total:
+                break
+            if budget_s is not None and step > 0:
+                reserve = (reserve_evals + 1.0) * eval_cost if evaluate is not None else 0.0
+                if now - t0 + reserve >= budget_s:
+                    stopped_by = "budget"
+                    break
+            if set_lr is not None:
+                frac = step / total if total else 0.0
+                if budget_s is not None:
+                    span = max(budget_s - (train_start - t0) - (reserve_evals + 1) * eval_cost, 1)
+                    frac = max(frac, (now - train_start) / span)
+                set_lr(min(frac, 1.0))
+            ts = time.perf_counter()
+            loss = float(step_fn(step))
+            step_seconds += time.perf_counter() - ts
+            if not math.isfinite(loss):
+                raise CellsynthError(f"{desc}: training diverged (loss {loss}); lower the lr")
+            losses.append(loss)
+            since_eval.append(loss)
+            step += 1
+            bar.update(1)
+            if step % steps_per_epoch == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-steps_per_epoch:]):.4f}")
+            if evaluate is not None:
+                due = (every_steps and step % every_steps == 0) or (
+                    every_s and time.perf_counter() >= next_eval_t
+                )
+                if due and not (total is not None and step >= total):
+                    run_eval()
+                    next_eval_t = time.perf_counter() + every_s if every_s else math.inf
+    finally:
+        bar.close()
+    if evaluate is not None:
+        run_eval()
+        if restore is not None and best_state is not None:
+            restore(best_state)
+    return {
+        "steps": step,
+        "epochs": step / steps_per_epoch,
+        "seconds": time.perf_counter() - t0,
+        "loss": float(np.mean(losses[-steps_per_epoch:])) if losses else float("nan"),
+        "curve": curve,
+        "best": best,
+        "best_payload": best_payload,
+        "eval_seconds": eval_cost,
+        "step_seconds": step_seconds,
+        "stopped_by": stopped_by,
+    }
+
+
+def training_record(
+    result: dict,
+    precision: str,
+    device,
+    budget_minutes,
+    validation: dict,
+    postprocess: dict | None,
+    t_start: float,
+    **extra,
+) -> dict:
+    """The JSON-able training record a segmenter keeps in ``info`` (and the runner in
+    ``results.json``): precision, device, budget, time, steps, validation, curve, best and the
+    chosen post-processing."""
+    rec = {
+        "precision": precision,
+        "device": getattr(device, "type", str(device)),
+        "budget_minutes": None if budget_minutes is None else float(budget_minutes),
+        "seconds": time.perf_counter() - t_start,
+        "steps": int(result.get("steps", 0)),
+        "epochs": float(result.get("epochs", 0.0)),
+        "loss": result.get("loss"),
+        "stopped_by": result.get("stopped_by"),
+        "step_seconds": result.get("step_seconds"),
+        "validation": validation,
+        "curve": result.get("curve", []),
+        "best": result.get("best"),
+        "postprocess": postprocess,
+    }
+    rec.update(extra)
+    return rec
