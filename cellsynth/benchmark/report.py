@@ -7,6 +7,14 @@ true object); then, when any segmenter was trained, the learning curves (validat
 against minutes) and the post-processing chosen on the validation slice; then the segmenters
 (status, error, options, budget, times) and the datasets' provenance (``manifest.json`` of
 synthetic data, ``dataset.json`` of imported data).
+
+When the results hold a rank agreement (``results["validity"]``, see
+:mod:`cellsynth.benchmark.validity`), a section "Does the synthetic benchmark agree with real
+data?" follows the datasets: per (synthetic, real) pair and headline metric, a table (score and
+rank on each set, synthetic/real ratio), Spearman and Kendall with their bootstrap intervals, the
+flipped pairs, and a scatter plot (real score on x, synthetic on y, one labelled point per
+segmenter, the identity line). When segmenters were also trained on ``--train-real``, a table of
+AP(trained on synthetic) / AP(trained on real) per test set.
 """
 
 from __future__ import annotations
@@ -155,6 +163,206 @@ def curve_plot(results: dict) -> str | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return figure_uri(fig)
+
+
+METRIC_LABELS = {"ap50": "AP@0.5", "mean_ap": "mean AP (IoU 0.50:0.95)", "f1": "F1", "pq": "PQ"}
+
+
+def agreement_plot(comparison: dict, metric: str) -> str | None:
+    """Real score (x) against synthetic score (y) of each segmenter, labelled, with bootstrap
+    error bars and the identity line, as a PNG data URI (None without points)."""
+    block = (comparison.get("metrics") or {}).get(metric) or {}
+    pts = []
+    for sname, sc in (block.get("scores") or {}).items():
+        x, y = _real(sc.get("real")), _real(sc.get("synthetic"))
+        if x is not None and y is not None:
+            pts.append((sname, x, y, sc.get("real_ci"), sc.get("synthetic_ci")))
+    if not pts:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.6, 4.4), dpi=100)
+    values = [v for _, x, y, _, _ in pts for v in (x, y)]
+    for sname, x, y, cx, cy in pts:
+        xerr = yerr = None
+        if isinstance(cx, dict):
+            xerr = [[max(x - cx["low"], 0.0)], [max(cx["high"] - x, 0.0)]]
+            values += [cx["low"], cx["high"]]
+        if isinstance(cy, dict):
+            yerr = [[max(y - cy["low"], 0.0)], [max(cy["high"] - y, 0.0)]]
+            values += [cy["low"], cy["high"]]
+        ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt="o", ms=5, capsize=2, elinewidth=0.8)
+        ax.annotate(sname, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8)
+    lo, hi = min(values), max(values)
+    pad = max(0.05 * (hi - lo), 0.02)
+    lo, hi = max(lo - pad, 0.0), min(hi + pad, 1.02)
+    ax.plot([lo, hi], [lo, hi], color="0.5", ls="--", lw=1, label="synthetic = real")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+    name = METRIC_LABELS.get(metric, metric)
+    ax.set_xlabel(f"{name} on {comparison.get('real')} (real)", fontsize=8)
+    ax.set_ylabel(f"{name} on {comparison.get('synthetic')} (synthetic)", fontsize=8)
+    rho = (block.get("spearman") or {}).get("value")
+    ax.set_title(f"{name}: Spearman {_num(_real(rho), 2)}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return figure_uri(fig)
+
+
+def _rank_text(rank) -> str:
+    """1, 2, 2.5 ... ("–" when missing)."""
+    r = _real(rank)
+    return "–" if r is None else f"{r:g}"
+
+
+def _with_ci(stat: dict | None, digits: int = 3) -> str:
+    """ "0.800 [0.400, 1.000]" from ``{"value", "ci": {"low", "high"}}``."""
+    stat = stat or {}
+    text = _num(_real(stat.get("value")), digits)
+    ci = stat.get("ci")
+    if isinstance(ci, dict):
+        text += f" [{_num(_real(ci.get('low')), digits)}, {_num(_real(ci.get('high')), digits)}]"
+    return text
+
+
+def validity_section(results: dict) -> str:
+    """ "Does the synthetic benchmark agree with real data?" ("" when the results hold no
+    rank agreement)."""
+    v = results.get("validity")
+    if not isinstance(v, dict):
+        return ""
+    parts = ["<h2>Does the synthetic benchmark agree with real data?</h2>"]
+    if v.get("error"):
+        parts.append(f"<p class='err'>rank agreement not computed: {escape(v['error'])}</p>")
+        return "\n".join(parts)
+    method = v.get("method") or {}
+    reasons = v.get("reasons") or {}
+    syn = ", ".join(f"{k} ({reasons.get(k, 'flagged')})" for k in v.get("synthetic") or [])
+    parts.append(
+        f"<p>Synthetic test sets: {escape(syn)}. Real test sets: "
+        f"{escape(', '.join(v.get('real') or []))}. Ranks: 1 = best, ties share the average "
+        "rank. Intervals: "
+        f"{100 * (method.get('confidence') or 0.95):g} % percentile bootstrap, "
+        f"{method.get('n_boot', '?')} resamples of each test set's images (seed "
+        f"{method.get('seed', '?')}), pooled metrics recomputed from per-image counts.</p>"
+    )
+    for comp in v.get("comparisons") or []:
+        syn_key, real_key = comp.get("synthetic"), comp.get("real")
+        parts.append(f"<h3>{escape(syn_key)} (synthetic) against {escape(real_key)} (real)</h3>")
+        n = comp.get("n_images") or {}
+        parts.append(
+            f"<p class='muted'>{n.get(syn_key, '?')} synthetic and {n.get(real_key, '?')} real "
+            f"images; {len(comp.get('segmenters') or [])} segmenters</p>"
+        )
+        for sname, why in (comp.get("skipped") or {}).items():
+            parts.append(f"<p class='muted'>{escape(sname)} left out: {escape(why)}</p>")
+        for metric in v.get("metrics") or []:
+            block = (comp.get("metrics") or {}).get(metric)
+            if not block:
+                continue
+            name = METRIC_LABELS.get(metric, metric)
+            header = [
+                "segmenter",
+                f"{name} synthetic",
+                "rank synthetic",
+                f"{name} real",
+                "rank real",
+                "synthetic / real",
+                "ratio interval",
+            ]
+            rows = []
+            order = block.get("ranking_real") or list(block.get("scores") or {})
+            for sname in order:
+                sc = block["scores"][sname]
+                ci = sc.get("ratio_ci")
+                ci_text = (
+                    f"[{_num(_real(ci.get('low')))}, {_num(_real(ci.get('high')))}]"
+                    if isinstance(ci, dict)
+                    else "–"
+                )
+                rows.append(
+                    [
+                        sname,
+                        _real(sc.get("synthetic")),
+                        _rank_text(sc.get("rank_synthetic")),
+                        _real(sc.get("real")),
+                        _rank_text(sc.get("rank_real")),
+                        _real(sc.get("ratio")),
+                        ci_text,
+                    ]
+                )
+            parts.append(f"<h4>{escape(name)}</h4>")
+            parts.append(html_table(header, rows, best_cols=(1, 3)))
+            flips = block.get("flips") or []
+            flip_text = (
+                "; ".join(
+                    f"{f['better_on_synthetic']} above {f['better_on_real']} on synthetic, below "
+                    f"on real (in {_num(_real(f.get('bootstrap_share')), 2)} of the resamples)"
+                    for f in flips
+                )
+                or "none"
+            )
+            parts.append(
+                f"<p>Spearman ρ = {escape(_with_ci(block.get('spearman')))}; Kendall τ<sub>b</sub>"
+                f" = {escape(_with_ci(block.get('kendall')))}. Order flips: {escape(flip_text)}."
+                "</p>"
+            )
+            plot = agreement_plot(comp, metric)
+            if plot:
+                parts.append(
+                    f"<img alt='{escape(name)}: synthetic against real score' src='{plot}'>"
+                )
+    return "\n".join(parts)
+
+
+def train_transfer_section(results: dict) -> str:
+    """AP(trained on synthetic) / AP(trained on real) per segmenter and test set ("" when no
+    segmenter was trained on ``--train-real``)."""
+    transfer = results.get("train_transfer")
+    if not isinstance(transfer, dict) or not transfer:
+        return ""
+    train = (results.get("train") or {}).get("path", "--train")
+    train_real = (results.get("train_real") or {}).get("path", "--train-real")
+    parts = ["<h2>Trained on synthetic, tested on real</h2>"]
+    parts.append(
+        f"<p class='muted'>Each segmenter trained on {escape(train)} (synthetic) and on "
+        f"{escape(train_real)} (real), with the same options and budget, tested on the same test "
+        "sets; ratio = AP(trained on synthetic) / AP(trained on real).</p>"
+    )
+    for dkey in results.get("datasets") or {}:
+        header = [
+            "segmenter",
+            "AP@0.5 trained synthetic",
+            "AP@0.5 trained real",
+            "ratio AP@0.5",
+            "mean AP trained synthetic",
+            "mean AP trained real",
+            "ratio mean AP",
+        ]
+        rows = []
+        for sname, per in transfer.items():
+            d = (per or {}).get(dkey) or {}
+            a, m = d.get("ap50") or {}, d.get("mean_ap") or {}
+            rows.append(
+                [
+                    sname,
+                    _real(a.get("synthetic")),
+                    _real(a.get("real")),
+                    _real(a.get("ratio")),
+                    _real(m.get("synthetic")),
+                    _real(m.get("real")),
+                    _real(m.get("ratio")),
+                ]
+            )
+        parts.append(f"<h3>Test set {escape(dkey)}</h3>")
+        parts.append(html_table(header, rows))
+    for sname, sres in (results.get("segmenters") or {}).items():
+        other = sres.get("train_real") if isinstance(sres, dict) else None
+        if isinstance(other, dict) and other.get("error"):
+            parts.append(
+                f"<p class='err'>{escape(sname)} (trained on real): {escape(other['error'])}</p>"
+            )
+    return "\n".join(parts)
 
 
 # ----------------------------------------------------------------------------- html helpers
@@ -488,6 +696,9 @@ def render_report(out_dir, results: dict) -> str:
     body = [f"<h1>cellsynth segmenter benchmark</h1>{head}"]
     for dkey in results["datasets"]:
         body.append(dataset_section(out_dir, results, dkey))
+    for extra in (validity_section(results), train_transfer_section(results)):
+        if extra:
+            body.append(extra)
     training = training_section(results)
     if training:
         body.append(training)

@@ -15,6 +15,15 @@ A segmenter that raises in ``fit`` or ``predict``, or predicts labels of the wro
 is recorded with status ``"failed"`` and the error line; the others go on. Trained models are
 cached under ``cache_dir/SEG-KEY`` where KEY hashes the segmenter name, its options, its budget
 and a fingerprint of the training images and masks.
+
+With ``train_real_dir`` each segmenter is trained a second time, on that (real) split, and
+tested on the same test sets: ``results["segmenters"][SEG]["train_real"]`` (a block like the
+segmenter's own; its folders are ``work/SEG.train_real``, ``logs/SEG.train_real.txt``; its cache
+key differs because the training data do) and ``results["train_transfer"]``. When the test sets
+include a synthetic one (a cellsynth ``manifest.json``, or ``synthetic_tests``) and a real one,
+``results["validity"]`` holds the rank agreement of :mod:`cellsynth.benchmark.validity`, or
+``{"error": line}`` when it cannot be computed (fewer than 3 segmenters with results, a test set
+without objects); it never fails the run.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from cellsynth.atomic import atomic_dir, check_writable, write_text
-from cellsynth.benchmark import metrics
+from cellsynth.benchmark import metrics, validity
 from cellsynth.benchmark.segmenters.base import available, get_segmenter_class
 from cellsynth.datasets.canonical import SPLITS, CanonicalDataset
 from cellsynth.datasets.io import write_labels
@@ -44,6 +53,7 @@ RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
 REPORT_HTML = "report.html"
 CACHE_INFO = "cache.json"
+TRAIN_REAL_TAG = ".train_real"  # suffix of the folders of the --train-real training
 
 CSV_COLUMNS = [
     "level",
@@ -153,17 +163,50 @@ def _dataset_key(path: Path, taken: set) -> str:
     return key
 
 
+def _open_test(d) -> CanonicalDataset:
+    """A test folder: a split folder, or a root with test/ or val/."""
+    d = Path(d)
+    split = "test" if (d / "test").is_dir() else ("val" if (d / "val").is_dir() else None)
+    return CanonicalDataset(d, split)
+
+
 def open_test_sets(test_dirs, max_images: int | None) -> dict[str, Subset]:
     """Open each test folder (a split folder, or a root with test/ or val/); key -> dataset."""
     if not test_dirs:
         raise CellsynthError("no test dataset given; pass --test DIR (a canonical split folder)")
     out, taken = {}, set()
     for d in test_dirs:
-        d = Path(d)
-        split = "test" if (d / "test").is_dir() else ("val" if (d / "val").is_dir() else None)
-        ds = CanonicalDataset(d, split)
+        ds = _open_test(d)
         out[_dataset_key(ds.root, taken)] = Subset(ds, max_images)
     return out
+
+
+def _test_dirs(test_dirs, synthetic_tests) -> tuple[list, set]:
+    """All test folders (``--test`` then ``--synthetic-test``, each split once) and the resolved
+    split folders flagged synthetic."""
+    dirs = list(test_dirs or ())
+    seen = {Path(_open_test(d).root).resolve() for d in dirs}
+    flagged = set()
+    for d in synthetic_tests or ():
+        root = Path(_open_test(d).root).resolve()
+        flagged.add(root)
+        if root not in seen:
+            dirs.append(d)
+            seen.add(root)
+    return dirs, flagged
+
+
+def _validity_block(results: dict, n_boot: int, seed: int) -> dict | None:
+    """``results["validity"]`` of a finished run: None unless it has a synthetic and a real test
+    set; ``{"error": line}`` when the rank agreement cannot be computed (never raises)."""
+    try:
+        if not validity.has_synthetic_and_real(results):
+            return None
+        return validity.compute_validity(results, n_boot=n_boot, seed=seed)
+    except CellsynthError as exc:
+        return {"error": str(exc).strip().splitlines()[0] if str(exc).strip() else "failed"}
+    except Exception as exc:  # a bug here must not cost the user the benchmark run
+        return {"error": _error_line(exc)}
 
 
 # ----------------------------------------------------------------------------- segmenters
@@ -234,9 +277,12 @@ def _sample_indices(n: int, k: int) -> list[int]:
     return sorted({int(round(i)) for i in np.linspace(0, n - 1, min(k, n))})
 
 
-def _run_one(name, opts, budget, train, train_fp, tests, tmp, cache_dir, progress, n_samples):
+def _run_one(
+    name, opts, budget, train, train_fp, tests, tmp, cache_dir, progress, n_samples, tag=""
+):
     """Train/load, predict and score one segmenter; returns its result dict (never raises for
-    the segmenter's own errors)."""
+    the segmenter's own errors). ``tag`` is appended to the segmenter's name in the folders it
+    writes (work/, samples/, logs/), so a second training of the same segmenter keeps apart."""
     from tqdm import tqdm
 
     res = {
@@ -282,7 +328,7 @@ def _run_one(name, opts, budget, train, train_fp, tests, tmp, cache_dir, progres
                 log.append(f"== cache load failed, retraining\n{_error_line(exc)}")
                 seg = cls(**opts)
         if not res["cached"]:
-            workdir = tmp / "work" / name
+            workdir = tmp / "work" / f"{name}{tag}"
             workdir.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
             try:
@@ -328,7 +374,8 @@ def _run_one(name, opts, budget, train, train_fp, tests, tmp, cache_dir, progres
             dres.update(status="failed", error=res["error"])
             continue
         show = set(_sample_indices(len(ds), n_samples))
-        bar = tqdm(range(len(ds)), desc=f"{name} on {dkey}", disable=not progress, leave=False)
+        desc = f"{name}{tag} on {dkey}"
+        bar = tqdm(range(len(ds)), desc=desc, disable=not progress, leave=False)
         for i in bar:
             sample = ds[i]
             where = f"{name} on {dkey}/{sample.name}"
@@ -346,12 +393,12 @@ def _run_one(name, opts, budget, train, train_fp, tests, tmp, cache_dir, progres
             dres["images"].append(row)
             dres["predict_s"] += elapsed
             if i in show:
-                write_labels(tmp / "samples" / name / dkey / f"{sample.name}.tif", pred)
+                write_labels(tmp / "samples" / f"{name}{tag}" / dkey / f"{sample.name}.tif", pred)
         if dres["status"] == "ok" and dres["images"]:
             dres["summary"] = metrics.summarize(dres["images"])
             dres["predict_s_per_image"] = dres["predict_s"] / len(dres["images"])
     if log:
-        write_text(tmp / "logs" / f"{name}.txt", "\n".join(log))
+        write_text(tmp / "logs" / f"{name}{tag}.txt", "\n".join(log))
     return res
 
 
@@ -419,6 +466,10 @@ def run_benchmark(
     progress: bool = True,
     max_images: int | None = None,
     n_samples: int = 3,
+    train_real_dir=None,
+    synthetic_tests=(),
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> dict:
     """Benchmark segmenters on canonical test datasets and write the results folder ``out``.
 
@@ -435,6 +486,15 @@ def run_benchmark(
         progress: show tqdm progress bars.
         max_images: use at most this many images of each test dataset.
         n_samples: images per dataset whose predictions are kept and shown in the report.
+        train_real_dir: a second (real) training split: each segmenter is also trained on it
+            and tested on the same test sets; its results go to the segmenter's ``train_real``
+            block and ``results["train_transfer"]`` holds AP(trained on ``train_dir``) /
+            AP(trained on ``train_real_dir``).
+        synthetic_tests: test folders that are synthetic (besides those with a cellsynth
+            ``manifest.json``); tested like ``test_dirs`` and marked ``"synthetic": true``.
+        n_boot, seed: bootstrap samples and seed of the rank agreement (``results["validity"]``,
+            computed when the run has a synthetic and a real test set, see
+            :mod:`cellsynth.benchmark.validity`).
     Returns: the results dict (also written to ``out/results.json``).
     """
     from tqdm import tqdm
@@ -458,12 +518,25 @@ def run_benchmark(
             raise CellsynthError(f"{what} given for segmenter(s) not being run: {', '.join(extra)}")
     if max_images is not None and max_images < 1:
         raise CellsynthError(f"--max-images must be >= 1, got {max_images}")
+    if int(n_boot) < 1:
+        raise CellsynthError(f"--bootstrap must be >= 1, got {n_boot}")
+    if train_real_dir is not None and train_dir is None:
+        raise CellsynthError("--train-real needs --train (the synthetic training split)")
 
     train, train_fp = None, None
     if train_dir is not None:
         train = CanonicalDataset(train_dir, "train")
         train_fp = dataset_fingerprint(train, progress) if cache_dir else None
-    tests = open_test_sets(test_dirs, max_images)
+    train_real, train_real_fp = None, None
+    if train_real_dir is not None:
+        train_real = CanonicalDataset(train_real_dir, "train")
+        if Path(train_real.root).resolve() == Path(train.root).resolve():
+            raise CellsynthError(
+                f"{train_real_dir}: --train-real is the same split as --train; give a real one"
+            )
+        train_real_fp = dataset_fingerprint(train_real, progress) if cache_dir else None
+    all_tests, flagged = _test_dirs(test_dirs, synthetic_tests)
+    tests = open_test_sets(all_tests, max_images)
 
     from cellsynth import __version__
 
@@ -490,6 +563,16 @@ def run_benchmark(
         },
         "segmenters": {},
     }
+    for k, ds in tests.items():
+        if Path(ds.root).resolve() in flagged:
+            results["datasets"][k]["synthetic"] = True
+    if train_real is not None:
+        results["train_real"] = {
+            "path": str(Path(train_real.root).resolve()),
+            "n_images": len(train_real),
+            "fingerprint": train_real_fp,
+            "provenance": _provenance(Path(train_real.root)),
+        }
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for name in tqdm(names, desc="segmenters", disable=not progress):
             opts = dict(options.get(name) or {})
@@ -498,7 +581,27 @@ def run_benchmark(
                 name, opts, budget, train, train_fp, tests, tmp, cache_dir, progress, n_samples
             )
             _free_memory()
+            if train_real is not None:
+                results["segmenters"][name]["train_real"] = _run_one(
+                    name,
+                    opts,
+                    budget,
+                    train_real,
+                    train_real_fp,
+                    tests,
+                    tmp,
+                    cache_dir,
+                    progress,
+                    0,
+                    tag=TRAIN_REAL_TAG,
+                )
+                _free_memory()
         results = _clean(results)
+        if train_real is not None:
+            results["train_transfer"] = _clean(validity.train_transfer(results))
+        block = _validity_block(results, n_boot, seed)
+        if block is not None:
+            results["validity"] = _clean(block)
         write_text(tmp / RESULTS_JSON, json.dumps(results, indent=1))
         write_csv(tmp / RESULTS_CSV, results)
         write_report(tmp, results)
@@ -516,6 +619,31 @@ def load_results(out) -> dict:
         raise CellsynthError(f"{path}: corrupt results ({exc}); run the benchmark again") from None
 
 
+def revalidate(out, synthetic=(), n_boot: int = 1000, seed: int = 0) -> dict:
+    """Recompute ``results["validity"]`` of the results folder ``out`` and rewrite
+    ``results.json`` and ``report.html`` (each atomically). Test sets named in ``synthetic``
+    (keys or paths) are marked ``"synthetic": true`` for good.
+
+    Returns: the validity dict. Raises: CellsynthError (nothing is written then).
+    """
+    from cellsynth.benchmark.report import render_report
+
+    out = Path(out)
+    results = load_results(out)
+    block = validity.compute_validity(results, synthetic, n_boot=n_boot, seed=seed)
+    for key in block["synthetic"]:
+        if block["reasons"].get(key) == "flagged":
+            results["datasets"][key]["synthetic"] = True
+    results["validity"] = _clean(block)
+    transfer = validity.train_transfer(results)
+    if transfer is not None:
+        results["train_transfer"] = _clean(transfer)
+    page = render_report(out, results)  # fails before anything is written
+    write_text(out / RESULTS_JSON, json.dumps(results, indent=1))
+    write_text(out / REPORT_HTML, page)
+    return results["validity"]
+
+
 def rewrite_report(out) -> Path:
     """Rebuild ``OUT/report.html`` from ``OUT/results.json`` and ``OUT/samples``."""
     from cellsynth.benchmark.report import write_report
@@ -528,6 +656,7 @@ __all__ = [
     "run_benchmark",
     "load_results",
     "rewrite_report",
+    "revalidate",
     "dataset_fingerprint",
     "check_prediction",
     "cache_key",

@@ -28,6 +28,8 @@ def _read_config(path) -> dict:
         "train",
         "test",
         "cache",
+        "train_real",
+        "synthetic_test",
     }
     unknown = sorted(set(doc) - known)
     if unknown:
@@ -108,6 +110,33 @@ def benchmark():
     show_default=True,
     help="Images per test set shown as overlays in the report.",
 )
+@click.option(
+    "--train-real",
+    "train_real_dir",
+    type=click.Path(),
+    default=None,
+    help="A real training split: each segmenter is also trained on it and tested on the same "
+    "test sets; the report gives AP(trained on --train) / AP(trained on --train-real).",
+)
+@click.option(
+    "--synthetic-test",
+    "synthetic_tests",
+    type=click.Path(),
+    multiple=True,
+    help="A synthetic test split (tested like --test and counted as synthetic in the rank "
+    "agreement even without a cellsynth manifest.json); repeat for several.",
+)
+@click.option(
+    "--bootstrap",
+    "n_boot",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Bootstrap resamples for the rank agreement's intervals.",
+)
+@click.option(
+    "--bootstrap-seed", "seed", type=int, default=0, show_default=True, help="Bootstrap seed."
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def run_cmd(
@@ -121,17 +150,29 @@ def run_cmd(
     cache_dir,
     max_images,
     n_samples,
+    train_real_dir,
+    synthetic_tests,
+    n_boot,
+    seed,
     overwrite,
     quiet,
 ):
-    """Train/load each segmenter, predict the test sets, write results.json/csv + report.html."""
+    """Train/load each segmenter, predict the test sets, write results.json/csv + report.html.
+
+    With a synthetic test set (a cellsynth manifest.json, or --synthetic-test) and a real one,
+    the results also hold the rank agreement of the segmenters between them (see
+    `cellsynth benchmark validate`)."""
     from cellsynth.benchmark.runner import run_benchmark
 
     cfg = _read_config(config) if config else {"segmenters": {}}
     train_dir = train_dir or cfg.get("train")
-    if not test_dirs:
+    train_real_dir = train_real_dir or cfg.get("train_real")
+    if not test_dirs and not synthetic_tests:
         tests = cfg.get("test") or []
         test_dirs = [tests] if isinstance(tests, str) else list(tests)
+    if not synthetic_tests:
+        syn = cfg.get("synthetic_test") or []
+        synthetic_tests = [syn] if isinstance(syn, str) else list(syn)
     cache_dir = cache_dir or cfg.get("cache")
     max_images = max_images if max_images is not None else cfg.get("max_images")
     if minutes_per_segmenter is None:
@@ -162,9 +203,240 @@ def run_cmd(
         progress=not quiet,
         max_images=max_images,
         n_samples=n_samples,
+        train_real_dir=train_real_dir,
+        synthetic_tests=synthetic_tests,
+        n_boot=n_boot,
+        seed=seed,
     )
     click.echo(_summary_text(results))
+    if results.get("train_transfer"):
+        click.echo(_transfer_text(results["train_transfer"]))
+    if results.get("validity"):
+        click.echo(_validity_text(results["validity"]))
     click.echo(f"wrote {Path(out) / 'results.json'}, results.csv and report.html")
+
+
+def _transfer_text(transfer: dict) -> str:
+    """AP@0.5 trained on --train (synthetic) and on --train-real, and their ratio."""
+
+    def f(x):
+        return "-" if x is None else f"{x:.3f}"
+
+    lines = [
+        f"{'segmenter':<12} {'dataset':<24} {'AP50 syn-trained':>16} {'real-trained':>12} ratio"
+    ]
+    for sname, per in transfer.items():
+        for dkey, row in per.items():
+            a = row.get("ap50") or {}
+            lines.append(
+                f"{sname:<12} {dkey:<24} {f(a.get('synthetic')):>16} {f(a.get('real')):>12} "
+                f"{f(a.get('ratio'))}"
+            )
+    return "\n".join(lines)
+
+
+def _validity_text(v: dict) -> str:
+    """A short table of the rank agreement (or its error line)."""
+    if v.get("error"):
+        return f"rank agreement not computed: {v['error']}"
+
+    def f(x, digits=3):
+        return "-" if x is None else f"{x:.{digits}f}"
+
+    def ci(stat):
+        c = (stat or {}).get("ci")
+        return f"[{f(c['low'], 2)}, {f(c['high'], 2)}]" if c else ""
+
+    lines = []
+    for comp in v.get("comparisons") or []:
+        lines.append(f"rank agreement: {comp['synthetic']} (synthetic) vs {comp['real']} (real)")
+        lines.append(
+            f"  {'metric':<8} {'Spearman':>8} {'95% CI':<14} {'Kendall':>8} {'95% CI':<14} flips"
+        )
+        for m in v.get("metrics") or []:
+            b = comp["metrics"].get(m)
+            if not b:
+                continue
+            sp, kt = b.get("spearman") or {}, b.get("kendall") or {}
+            flips = ", ".join(
+                f"{x['better_on_synthetic']}>{x['better_on_real']}" for x in b.get("flips") or []
+            )
+            lines.append(
+                f"  {m:<8} {f(sp.get('value')):>8} {ci(sp):<14} {f(kt.get('value')):>8} "
+                f"{ci(kt):<14} {flips or '-'}"
+            )
+        first = comp["metrics"].get((v.get("metrics") or ["ap50"])[0]) or {}
+        lines.append(
+            f"  {'segmenter':<16} {'synthetic':>9} {'real':>7} {'ratio':>7} (first metric)"
+        )
+        for sname, sc in (first.get("scores") or {}).items():
+            lines.append(
+                f"  {sname:<16} {f(sc.get('synthetic')):>9} {f(sc.get('real')):>7} "
+                f"{f(sc.get('ratio')):>7}"
+            )
+    return "\n".join(lines)
+
+
+@benchmark.command("validate")
+@click.argument("results_dir", type=click.Path())
+@click.option(
+    "--synthetic",
+    "synthetic",
+    multiple=True,
+    help="Test set (its key in results.json, or its path) to count as synthetic besides those "
+    "with a cellsynth manifest.json; repeat for several.",
+)
+@click.option(
+    "--bootstrap",
+    "n_boot",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Bootstrap resamples of each test set's images.",
+)
+@click.option(
+    "--bootstrap-seed", "seed", type=int, default=0, show_default=True, help="Bootstrap seed."
+)
+def validate_cmd(results_dir, synthetic, n_boot, seed):
+    """Recompute the rank agreement of synthetic and real test sets in RESULTS_DIR.
+
+    Rewrites the validity of RESULTS_DIR/results.json and RESULTS_DIR/report.html (atomically)
+    and prints a short table."""
+    from cellsynth.benchmark.runner import revalidate
+
+    v = revalidate(results_dir, synthetic, n_boot=n_boot, seed=seed)
+    click.echo(_validity_text(v))
+    click.echo(f"wrote {Path(results_dir) / 'results.json'} and report.html")
+
+
+@benchmark.command("fidelity")
+@click.option(
+    "--real",
+    "real_dir",
+    type=click.Path(),
+    required=True,
+    help="Canonical split of real images and their masks.",
+)
+@click.option(
+    "--translated",
+    "translated_dir",
+    type=click.Path(),
+    required=True,
+    help="Canonical split of the images a translator made from the same masks (same names), "
+    "e.g. with `cellsynth pix2pixhd test` or `cellsynth synth --masks DIR`.",
+)
+@click.option("--segmenter", "name", required=True, help="The segmenter that judges the images.")
+@click.option(
+    "--train",
+    "train_dir",
+    type=click.Path(),
+    default=None,
+    help="Train the segmenter on this split first (default: use it as it is).",
+)
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="YAML with the segmenter's options and budget (as for benchmark run).",
+)
+@click.option("--minutes", type=float, default=None, help="Training budget in minutes.")
+@click.option("--epochs", type=int, default=None, help="Training epochs.")
+@click.option("--max-images", type=int, default=None, help="Use at most N image pairs.")
+@click.option(
+    "--bootstrap",
+    "n_boot",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Paired bootstrap resamples for the ratio's interval.",
+)
+@click.option(
+    "--bootstrap-seed", "seed", type=int, default=0, show_default=True, help="Bootstrap seed."
+)
+@click.option("--out", "out", type=click.Path(), default=None, help="Write the figures as JSON.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def fidelity_cmd(
+    real_dir,
+    translated_dir,
+    name,
+    train_dir,
+    config,
+    minutes,
+    epochs,
+    max_images,
+    n_boot,
+    seed,
+    out,
+    overwrite,
+    quiet,
+):
+    """Paired fidelity: score one segmenter on translated and on real images of the same masks.
+
+    Prints AP@0.5, mean AP, F1 and PQ on both and their ratio (translated / real); 1.0 means the
+    segmenter cannot tell the translated images from the real ones."""
+    import json
+    import tempfile
+
+    from cellsynth.atomic import check_writable, write_text
+    from cellsynth.benchmark.segmenters import make_segmenter
+    from cellsynth.benchmark.validity import load_pairs, paired_fidelity
+    from cellsynth.datasets.canonical import CanonicalDataset
+
+    if out is not None:
+        check_writable(out, overwrite)
+    if max_images is not None and max_images < 1:
+        raise CellsynthError(f"--max-images must be >= 1, got {max_images}")
+    cfg = _read_config(config) if config else {"segmenters": {}}
+    entry = cfg["segmenters"].get(name) or {}
+    pairs = load_pairs(real_dir, translated_dir, max_images)
+    seg = make_segmenter(name, **dict(entry.get("options") or {}))
+    if train_dir is not None:
+        train = CanonicalDataset(train_dir, "train")
+        with tempfile.TemporaryDirectory(prefix="cellsynth-fidelity-") as work:
+            seg.fit(
+                train,
+                work,
+                budget_minutes=entry.get("minutes", minutes),
+                epochs=entry.get("epochs", epochs),
+                progress=not quiet,
+            )
+    res = paired_fidelity(
+        pairs["translated"], pairs["real"], pairs["masks"], seg, n_boot=n_boot, seed=seed
+    )
+    res.update(
+        segmenter=name,
+        options=seg.options,
+        real_dir=str(Path(real_dir).resolve()),
+        translated_dir=str(Path(translated_dir).resolve()),
+        train=None if train_dir is None else str(Path(train_dir).resolve()),
+        pairs=[list(p) for p in pairs["pairs"]],
+        paired_by=pairs["paired_by"],
+        mask_mismatch=pairs["mask_mismatch"],
+    )
+
+    def f(x):
+        return "-" if x is None else f"{x:.4f}"
+
+    how = "by name" if pairs["paired_by"] == "name" else "through manifest.json"
+    click.echo(f"paired fidelity of {name} on {res['n_images']} image pairs ({how}):")
+    click.echo(f"  {'metric':<8} {'translated':>10} {'real':>8} {'ratio':>8} 95% CI")
+    for m in ("ap50", "mean_ap", "f1", "pq"):
+        ci = res["ratio_ci"].get(m)
+        ci_text = f"[{f(ci['low'])}, {f(ci['high'])}]" if ci else ""
+        click.echo(
+            f"  {m:<8} {f(res['translated'][m]):>10} {f(res['real'][m]):>8} "
+            f"{f(res['ratio'][m]):>8} {ci_text}"
+        )
+    if pairs["mask_mismatch"]:
+        click.echo(
+            f"warning: {len(pairs['mask_mismatch'])} translated sample(s) carry masks other than "
+            f"the real ones (e.g. {pairs['mask_mismatch'][0]}); both sides were scored against "
+            "the real masks"
+        )
+    if out is not None:
+        write_text(out, json.dumps(res, indent=1, default=str), overwrite=overwrite)
+        click.echo(f"wrote {out}")
 
 
 def _summary_text(results: dict) -> str:
