@@ -11,6 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import disks_labels, disks_sample  # noqa: E402
+
 from cellsynth.benchmark.segmenters import make_segmenter  # noqa: E402
 from cellsynth.benchmark.segmenters._instances import (  # noqa: E402
     boundary_map,
@@ -24,7 +26,7 @@ from cellsynth.benchmark.segmenters._torchutil import (  # noqa: E402
     random_crop,
     random_flip_rot,
 )
-from cellsynth.datasets.canonical import CanonicalDataset, Sample, write_dataset  # noqa: E402
+from cellsynth.datasets.canonical import CanonicalDataset, write_dataset  # noqa: E402
 from cellsynth.errors import CellsynthError  # noqa: E402
 
 TINY = {
@@ -45,24 +47,6 @@ TINY = {
     ),
     "cellpose": dict(bsize=64, batch_size=2, min_train_masks=1),
 }
-
-
-def disks_labels(seed: int, size: int = 64, n: int = 6) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    lab = np.zeros((size, size), np.uint16)
-    for i in range(n):
-        cy, cx = rng.integers(8, size - 8, 2)
-        r = rng.integers(4, 8)
-        lab[((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (lab == 0)] = i + 1
-    return lab
-
-
-def disks_sample(seed: int, size: int = 64) -> Sample:
-    lab = disks_labels(seed, size)
-    rng = np.random.default_rng(seed + 100)
-    img = (lab > 0) * 150.0 + rng.normal(30, 10, lab.shape)
-    return Sample(f"s{seed}", np.clip(img, 0, 255).astype(np.uint8), lab)
 
 
 @pytest.fixture(scope="module")

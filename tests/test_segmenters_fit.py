@@ -11,6 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import disks_sample  # noqa: E402
+
 from cellsynth.benchmark.segmenters import _fitting, make_segmenter  # noqa: E402
 from cellsynth.benchmark.segmenters._fitting import (  # noqa: E402
     budgeted_fit,
@@ -43,7 +45,7 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def disks(tmp_path_factory, disks_sample):
+def disks(tmp_path_factory):
     root = tmp_path_factory.mktemp("fit") / "ds"
     write_dataset(root, {"train": [disks_sample(i) for i in range(10)]})
     return CanonicalDataset(root, "train")

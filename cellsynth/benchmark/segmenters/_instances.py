@@ -11,6 +11,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from cellsynth.errors import CellsynthError
+from cellsynth.tools.labels import relabel_sequential
 
 
 def _check_map(arr, name: str, shape=None) -> np.ndarray:
@@ -162,14 +163,4 @@ def maps_to_instances(
         small = sizes < min_size
         small[0] = False
         out[small[out]] = 0
-    return relabel(out)
-
-
-def relabel(labels: np.ndarray) -> np.ndarray:
-    """Renumber labels to 1..N (in order of label value) as uint16, or uint32 above 65535."""
-    labels = np.asarray(labels)
-    ids = np.unique(labels)
-    ids = ids[ids != 0]
-    lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.uint32)
-    lut[ids] = np.arange(1, ids.size + 1, dtype=np.uint32)
-    return lut[labels].astype(np.uint16 if ids.size <= 65535 else np.uint32)
+    return relabel_sequential(out)

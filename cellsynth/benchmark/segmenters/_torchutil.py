@@ -307,15 +307,12 @@ class DenseSegmenter(Segmenter):
     }
     EXTRA: dict = {}
 
+    @classmethod
+    def known_options(cls) -> dict:
+        return {**cls.DEFAULTS, **cls.EXTRA}
+
     def __init__(self, **options):
-        defaults = {**self.DEFAULTS, **self.EXTRA}
-        unknown = sorted(set(options) - set(defaults))
-        if unknown:
-            raise CellsynthError(
-                f"{self.name}: unknown option(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(defaults))}"
-            )
-        super().__init__(**{**defaults, **options})
+        super().__init__(**options)
         o = self.options
         self.multiple = self._multiple()
         for key in ("crop", "tile"):
@@ -325,7 +322,6 @@ class DenseSegmenter(Segmenter):
                     f"{self.multiple}"
                 )
         self.net = None
-        self.info: dict = {}
         self.precision = None
 
     # --- to override -------------------------------------------------------------------

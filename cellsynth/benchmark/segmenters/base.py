@@ -15,7 +15,9 @@ A segmenter module defines a subclass of :class:`Segmenter` decorated with ``@re
   instance labels of shape H x W.
 - ``save(path)`` / ``load(path)`` persist a trained model in a folder (weights only: tensors,
   numpy arrays or JSON; never pickled code).
-Options are keyword arguments of the constructor and are JSON-able (``self.options``).
+Options are keyword arguments of the constructor and are JSON-able (``self.options``); a class
+sets ``DEFAULTS`` (name -> default) and the base class refuses unknown names with one line.
+``self.info`` holds what training recorded (learning curve, chosen post-processing, ...).
 """
 
 from __future__ import annotations
@@ -47,9 +49,25 @@ class Segmenter:
     name: str = ""
     requires: str = ""
     trainable: bool = False
+    DEFAULTS: dict | None = None  # the known options and their defaults (None: any option)
 
     def __init__(self, **options):
+        known = self.known_options()
+        if known is not None:
+            unknown = sorted(set(options) - set(known))
+            if unknown:
+                raise CellsynthError(
+                    f"{self.name}: unknown option(s) {', '.join(unknown)}; "
+                    f"known: {', '.join(sorted(known))}"
+                )
+            options = {**known, **options}
         self.options = dict(options)
+        self.info: dict = {}
+
+    @classmethod
+    def known_options(cls) -> dict | None:
+        """Option name -> default (None: the segmenter takes any options)."""
+        return cls.DEFAULTS
 
     def fit(
         self,

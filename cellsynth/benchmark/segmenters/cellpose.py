@@ -34,7 +34,6 @@ from cellsynth.benchmark.segmenters._fitting import (
     training_record,
     tune_params,
 )
-from cellsynth.benchmark.segmenters._instances import relabel
 from cellsynth.benchmark.segmenters._torchutil import (
     area_weights,
     check_train,
@@ -46,6 +45,7 @@ from cellsynth.benchmark.segmenters._torchutil import (
 )
 from cellsynth.benchmark.segmenters.base import Segmenter, register
 from cellsynth.errors import CellsynthError
+from cellsynth.tools.labels import relabel_sequential
 
 try:
     import cellpose  # noqa: F401
@@ -175,20 +175,14 @@ class CellposeSegmenter(Segmenter):
     name = "cellpose"
     requires = "cellpose>=3.1,<4 (pip install 'cellsynth[benchmark]')"
     trainable = True
+    DEFAULTS = DEFAULTS
 
     def __init__(self, **options):
-        unknown = sorted(set(options) - set(DEFAULTS))
-        if unknown:
-            raise CellsynthError(
-                f"cellpose: unknown option(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(DEFAULTS))}"
-            )
-        super().__init__(**{**DEFAULTS, **options})
+        super().__init__(**options)
         o = self.options
         if int(o["bsize"]) % 16 or int(o["bsize"]) < 32:
             raise CellsynthError(f"cellpose: bsize {o['bsize']} must be a multiple of 16, >= 32")
         self.model = None
-        self.info: dict = {}
         self.precision = None
         if o["model"] is not None:
             self._load_pretrained(o["model"])
@@ -455,7 +449,7 @@ class CellposeSegmenter(Segmenter):
             device=get_device(o["device"]),
         )
         masks = masks[0] if isinstance(masks, tuple) else masks
-        return relabel(np.asarray(masks))
+        return relabel_sequential(np.asarray(masks))
 
     # --- prediction ----------------------------------------------------------------------
     def predict(self, image: np.ndarray) -> np.ndarray:
@@ -467,7 +461,7 @@ class CellposeSegmenter(Segmenter):
             img, ax = _images_for_cellpose(image)
             with offline():
                 masks = self.model.eval(img, channel_axis=ax, progress=False)[0]
-            return relabel(np.asarray(masks))
+            return relabel_sequential(np.asarray(masks))
         dP, cellprob = self._net_output(image)
         return self._masks(dP, cellprob, self.options)
 

@@ -25,6 +25,7 @@ from scipy import ndimage as ndi
 from cellsynth.benchmark.segmenters.base import Segmenter, register
 from cellsynth.datasets.io import image_to_float, relabel_sequential
 from cellsynth.errors import CellsynthError
+from cellsynth.tools.threshold import GLOBAL_METHODS, threshold_value
 
 DEFAULTS = {
     "channel": "mean",  # "mean" of the colour channels, or a channel index
@@ -44,27 +45,6 @@ DEFAULTS = {
     "tune": True,  # fit(): grid-search min_distance and method on the training split
     "tune_images": 24,  # at most this many training images are used for tuning
 }
-
-GLOBAL_METHODS = ("otsu", "li", "triangle", "mean")
-
-
-def _global_threshold(plane: np.ndarray, method: str) -> float:
-    try:  # worker B's shared threshold tool when present
-        from cellsynth.tools.threshold import threshold_value
-
-        return threshold_value(plane, method)
-    except ImportError:
-        from skimage import filters
-
-        if plane.min() == plane.max():
-            return float(plane.min())
-        fn = {
-            "otsu": filters.threshold_otsu,
-            "li": filters.threshold_li,
-            "triangle": filters.threshold_triangle,
-            "mean": lambda x: float(x.mean()),
-        }[method]
-        return float(fn(plane))
 
 
 def intensity_plane(image: np.ndarray, channel="mean") -> np.ndarray:
@@ -100,7 +80,7 @@ def foreground(plane: np.ndarray, opts: dict) -> np.ndarray:
             return np.zeros(plane.shape, bool)
         # the local threshold is kept within 0.7..1.5 x the global Otsu threshold, so flat
         # background far from any object does not turn into noise (CellProfiler "adaptive")
-        t_global = _global_threshold(plane, "otsu")
+        t_global = threshold_value(plane, "otsu")
         t_local = np.clip(
             threshold_local(plane, block, method="gaussian"), 0.7 * t_global, 1.5 * t_global
         )
@@ -108,7 +88,7 @@ def foreground(plane: np.ndarray, opts: dict) -> np.ndarray:
     elif method in GLOBAL_METHODS:
         if plane.min() == plane.max():
             return np.zeros(plane.shape, bool)
-        mask = plane > _global_threshold(plane, method) * opts["correction"]
+        mask = plane > threshold_value(plane, method) * opts["correction"]
     else:
         raise CellsynthError(
             f"classical: unknown threshold method {method!r}; use one of "
@@ -176,16 +156,7 @@ class Classical(Segmenter):
     name = "classical"
     requires = ""
     trainable = False
-
-    def __init__(self, **options):
-        unknown = sorted(set(options) - set(DEFAULTS))
-        if unknown:
-            raise CellsynthError(
-                f"classical: unknown option(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(DEFAULTS))}"
-            )
-        super().__init__(**{**DEFAULTS, **options})
-        self.info: dict = {}
+    DEFAULTS = DEFAULTS
 
     def segment(self, image: np.ndarray, **override) -> np.ndarray:
         """Segment one image with the options (``override`` replaces some); uint16/32 labels."""
@@ -194,7 +165,7 @@ class Classical(Segmenter):
         invert = opts["invert"]
         if invert == "auto":
             # objects are the minority: if most pixels lie above Otsu, the objects are dark
-            invert = bool(np.mean(plane > _global_threshold(plane, "otsu")) > 0.5)
+            invert = bool(np.mean(plane > threshold_value(plane, "otsu")) > 0.5)
         if invert:
             plane = 1.0 - plane
         if opts["sigma"] > 0:

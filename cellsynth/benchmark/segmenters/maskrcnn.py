@@ -37,7 +37,6 @@ from cellsynth.benchmark.segmenters._fitting import (
     training_record,
     tune_params,
 )
-from cellsynth.benchmark.segmenters._instances import relabel
 from cellsynth.benchmark.segmenters._torchutil import (
     area_weights,
     check_train,
@@ -53,6 +52,7 @@ from cellsynth.benchmark.segmenters._torchutil import (
 )
 from cellsynth.benchmark.segmenters.base import Segmenter, register
 from cellsynth.errors import CellsynthError
+from cellsynth.tools.labels import relabel_sequential
 
 try:
     import torchvision
@@ -327,22 +327,16 @@ class MaskRCNNSegmenter(Segmenter):
     name = "maskrcnn"
     requires = "torchvision (pip install 'cellsynth[benchmark]')"
     trainable = True
+    DEFAULTS = DEFAULTS
 
     def __init__(self, **options):
-        unknown = sorted(set(options) - set(DEFAULTS))
-        if unknown:
-            raise CellsynthError(
-                f"maskrcnn: unknown option(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(DEFAULTS))}"
-            )
-        super().__init__(**{**DEFAULTS, **options})
+        super().__init__(**options)
         o = self.options
         if o["arch"] not in ARCHS:
             raise CellsynthError(f"maskrcnn: unknown arch {o['arch']!r}; choose {', '.join(ARCHS)}")
         if int(o["crop"]) < 32 or float(o["scale"]) <= 0:
             raise CellsynthError("maskrcnn: crop must be >= 32 and scale > 0")
         self.model = None
-        self.info: dict = {}
         self.precision = None
 
     def _ensure_model(self, load_pretrained: bool = True):
@@ -528,7 +522,7 @@ class MaskRCNNSegmenter(Segmenter):
             small = np.bincount(lab.ravel()) < int(o["min_size"])
             small[0] = False
             lab[small[lab]] = 0
-        return relabel(lab)
+        return relabel_sequential(lab)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """H x W (x C) image -> uint16 instance labels H x W."""
