@@ -5,7 +5,11 @@ Test modules import the helpers with ``from conftest import ...`` (never from ea
 
 from __future__ import annotations
 
+import io
+import json
+import math
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +79,184 @@ def disks_sample(seed: int, size: int = 64, n: int = 6):
     noise = np.random.default_rng(seed + 100).normal(30, 10, lab.shape)
     img = np.clip((lab > 0) * 150.0 + noise, 0, 255).astype(np.uint8)
     return Sample(f"s{seed}", img, lab)
+
+
+@pytest.fixture(scope="session")
+def tiny_masks_zip(tmp_path_factory) -> Path:
+    """A masks zip of 8 random 32x32 fbd masks (:func:`make_masks_zip`)."""
+    return make_masks_zip(tmp_path_factory.mktemp("masks-zip") / "masks.zip")
+
+
+@pytest.fixture(scope="session")
+def sg2_snapshot(tmp_path_factory) -> Path:
+    """An untrained tiny StyleGAN2 snapshot (32x32 fbd masks) written by the trainer itself
+    (:func:`sg3_snapshot`)."""
+    return sg3_snapshot(tmp_path_factory.mktemp("sg2-snapshot"), "stylegan2")
+
+
+# ---- StyleGAN: tiny masks zips, options and snapshots ----------------------------------------
+SG3_TINY = dict(
+    cbase=512, cmax=16, map_depth=1, z_dim=16, w_dim=16, batch=4, gamma=1.0, device="cpu", workers=1
+)
+
+
+def make_masks_zip(path, n=8, res=32, encoding="fbd", seed=0, classes=None):
+    """A masks zip in the agreed format (random disks, encoded with the codec)."""
+    from PIL import Image
+
+    from cellsynth.tools.codec import encode_mask
+
+    rng = np.random.default_rng(seed)
+    labels = []
+    with zipfile.ZipFile(path, "w") as z:
+        for i in range(n):
+            lab = np.zeros((res, res), np.uint16)
+            yy, xx = np.ogrid[:res, :res]
+            for k in range(1, int(rng.integers(2, 5)) + 1):
+                cy, cx = rng.integers(5, res - 5, 2)
+                r = int(rng.integers(2, 5))
+                lab[((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (lab == 0)] = k
+            buf = io.BytesIO()
+            Image.fromarray(encode_mask(lab, encoding)).save(buf, format="PNG")
+            name = f"00000/img{i:08d}.png"
+            z.writestr(name, buf.getvalue())
+            labels.append([name, i % len(classes)] if classes else None)
+        z.writestr("dataset.json", json.dumps({"labels": labels if classes else None}))
+        meta = {
+            "encoding": encoding,
+            "channels": 3 if encoding == "fbd" else 1,
+            "resolution": res,
+            "classes": classes,
+            "source": "test",
+        }
+        z.writestr("cellsynth.json", json.dumps(meta))
+    return path
+
+
+def sg3_options(data, outdir, **kw):
+    """Checked StyleGAN training options at the tiny sizes of :data:`SG3_TINY`."""
+    from cellsynth.stylegan3.train import check_options, default_options
+
+    return check_options(default_options(data=str(data), outdir=str(outdir), **{**SG3_TINY, **kw}))
+
+
+def sg3_snapshot(tmp, cfg, encoding="fbd", classes=None):
+    """An (untrained) snapshot written by the trainer itself."""
+    from cellsynth.stylegan3.training_loop import Trainer
+
+    data = make_masks_zip(tmp / f"{cfg}-{encoding}.zip", encoding=encoding, classes=classes)
+    tr = Trainer(sg3_options(data, tmp, cfg=cfg, cond=bool(classes)))
+    return tr.save_snapshot(tmp / f"{cfg}-{encoding}{'-cond' if classes else ''}.pt")
+
+
+# ---- ops: slow numpy references and random cases ---------------------------------------------
+def np_upfirdn(x, f, up, down, pad, flip, gain):
+    """Zero-insert, pad/crop, convolve with explicit tap loops, decimate."""
+    x = np.asarray(x, dtype=np.float64)
+    f = np.asarray(f, dtype=np.float64)
+    if f.ndim == 1:
+        f = np.outer(f, f)
+    f = f * gain
+    if not flip:
+        f = f[::-1, ::-1]  # true convolution = correlation with the flipped filter
+    n, c, h, w = x.shape
+    z = np.zeros((n, c, h * up, w * up))
+    z[:, :, ::up, ::up] = x
+    px0, px1, py0, py1 = pad
+    zp = np.zeros((n, c, h * up + max(py0, 0) + max(py1, 0), w * up + max(px0, 0) + max(px1, 0)))
+    zp[:, :, max(py0, 0) : max(py0, 0) + h * up, max(px0, 0) : max(px0, 0) + w * up] = z
+    zp = zp[
+        :, :, max(-py0, 0) : zp.shape[2] - max(-py1, 0), max(-px0, 0) : zp.shape[3] - max(-px1, 0)
+    ]
+    fh, fw = f.shape
+    oh, ow = zp.shape[2] - fh + 1, zp.shape[3] - fw + 1
+    out = np.zeros((n, c, oh, ow))
+    for a in range(fh):
+        for b in range(fw):
+            out += zp[:, :, a : a + oh, b : b + ow] * f[a, b]
+    return out[:, :, ::down, ::down]
+
+
+def np_act(x, act, alpha, gain, clamp):
+    """The activations of bias_act, in numpy."""
+    if act == "linear":
+        y = x
+    elif act == "relu":
+        y = np.maximum(x, 0)
+    elif act == "lrelu":
+        y = np.where(x > 0, x, x * alpha)
+    elif act == "tanh":
+        y = np.tanh(x)
+    elif act == "sigmoid":
+        y = 1 / (1 + np.exp(-x))
+    elif act == "elu":
+        y = np.where(x > 0, x, np.expm1(x))
+    elif act == "selu":
+        a, s = 1.6732632423543772, 1.0507009873554805
+        y = s * np.where(x > 0, x, a * np.expm1(x))
+    elif act == "softplus":
+        y = np.log1p(np.exp(x))
+    elif act == "swish":
+        y = x / (1 + np.exp(-x))
+    y = y * gain
+    if clamp is not None:
+        y = np.clip(y, -clamp, clamp)
+    return y
+
+
+def rand_filter(rng, taps, separable):
+    """A random filter from setup_filter (sometimes a general 2-D one)."""
+    import torch
+
+    from cellsynth.stylegan3.ops import upfirdn2d
+
+    f = upfirdn2d.setup_filter(torch.as_tensor(rng.uniform(0.1, 1.0, taps)), separable=separable)
+    if not separable and rng.random() < 0.3:  # a general (non-rank-1) 2-D filter
+        f = upfirdn2d.setup_filter(torch.as_tensor(rng.uniform(-0.2, 1.0, (taps, taps + 1))))
+    return f
+
+
+def random_upfirdn_cases(n, seed):
+    """``n`` random valid upfirdn2d cases: (f, up, down, pad, h, w, flip, gain)."""
+    from cellsynth.stylegan3.ops.common import get_filter_size
+
+    rng = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < n:
+        taps = int(rng.integers(1, 13))
+        separable = bool(rng.random() < 0.5)
+        f = rand_filter(rng, taps, separable)
+        up, down = int(rng.choice([1, 2, 4])), int(rng.choice([1, 2, 4]))
+        pad = [int(p) for p in rng.integers(-2, 7, size=4)]
+        h, w = int(rng.integers(3, 12)), int(rng.integers(3, 12))
+        fw, fh = get_filter_size(f)
+        if h * up + pad[2] + pad[3] < fh or w * up + pad[0] + pad[1] < fw:
+            continue
+        cases.append(
+            (f, up, down, pad, h, w, bool(rng.random() < 0.5), float(rng.choice([1, 2.5])))
+        )
+    return cases
+
+
+def random_flrelu_cases(n, seed):
+    """``n`` random valid filtered_lrelu cases:
+    (fu, fd, up, down, pad, h, w, gain, slope, clamp, flip)."""
+    from cellsynth.stylegan3.ops.filtered_lrelu import output_size
+
+    rng = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < n:
+        up, down = int(rng.choice([1, 2, 4])), int(rng.choice([1, 2, 4]))
+        fu = rand_filter(rng, int(rng.integers(1, 13)), bool(rng.random() < 0.6))
+        fd = rand_filter(rng, int(rng.integers(1, 13)), bool(rng.random() < 0.6))
+        pad = [int(p) for p in rng.integers(-1, 9, size=4)]
+        h, w = int(rng.integers(4, 11)), int(rng.integers(4, 11))
+        if min(output_size((h, w), fu, fd, up, down, pad)) < 1:
+            continue
+        if min(h * up + pad[2] + pad[3], w * up + pad[0] + pad[1]) < 12:
+            continue
+        gain = float(rng.choice([1.0, math.sqrt(2)]))
+        slope = float(rng.choice([0.2, 1.0]))
+        clamp = None if rng.random() < 0.5 else 0.7
+        cases.append((fu, fd, up, down, pad, h, w, gain, slope, clamp, bool(rng.random() < 0.3)))
+    return cases
