@@ -318,3 +318,89 @@ def training_record(
     }
     rec.update(extra)
     return rec
+
+
+def fit_validated(
+    options: dict,
+    val: list,
+    step_fn,
+    steps_per_epoch: int,
+    module,
+    payload_fn,
+    instances_fn,
+    tune_grid: dict,
+    *,
+    epochs,
+    budget_minutes,
+    t_start: float,
+    set_lr,
+    precision: str,
+    device,
+    progress: bool,
+    desc: str,
+    eval_untrained: bool = True,
+    **extra,
+) -> dict:
+    """The whole validated fit of a trainable segmenter, shared by all of them.
+
+    :func:`budgeted_fit` runs ``step_fn``; each evaluation runs the network once per validation
+    sample (``payload_fn(image) -> payload``: maps, flows or detections) and turns the payloads
+    into labels with the current options (``instances_fn(payload, options) -> labels``); the best
+    weights of ``module`` are kept. The post-processing options named in ``tune_grid`` are then
+    chosen on the best evaluation's payloads (:func:`tune_params`, within the budget) and written
+    into ``options``.
+
+    Args:
+        options: the segmenter's options (reads epochs, n_evals, tune, val_fraction, seed;
+            updated with the chosen post-processing).
+        val: the validation samples (may be empty: no evaluation, no tuning).
+    Returns: the training record (:func:`training_record`; ``extra`` is added to it).
+    """
+    truth = [s.labels for s in val]
+
+    def evaluate():
+        payloads = [payload_fn(s.image) for s in val]
+        return pooled_ap50(truth, [instances_fn(p, options) for p in payloads]), payloads
+
+    result = budgeted_fit(
+        step_fn,
+        steps_per_epoch,
+        evaluate=evaluate if val else None,
+        snapshot=lambda: state_copy(module),
+        restore=module.load_state_dict,
+        epochs=epochs,
+        budget_minutes=budget_minutes,
+        default_epochs=int(options["epochs"]),
+        t_start=t_start,
+        set_lr=set_lr,
+        n_evals=int(options["n_evals"]),
+        eval_untrained=eval_untrained,
+        progress=progress,
+        desc=desc,
+    )
+    post = None
+    payloads = result["best_payload"]
+    if val and options["tune"] and payloads is not None:
+        deadline = None if budget_minutes is None else t_start + float(budget_minutes) * 60.0
+
+        def score(params):
+            opts = {**options, **params}
+            return pooled_ap50(truth, [instances_fn(p, opts) for p in payloads])
+
+        found = tune_params(score, tune_grid, {k: options[k] for k in tune_grid}, deadline=deadline)
+        options.update(found["params"])
+        post = {
+            "params": found["params"],
+            "val_ap50": found["score"],
+            "default_val_ap50": found["default_score"],
+            "tried": found["tried"],
+        }
+    validation = {
+        "n_images": len(val),
+        "names": [s.name for s in val],
+        "fraction": float(options["val_fraction"]),
+        "seed": int(options["seed"]),
+    }
+    return training_record(
+        result, precision, device, budget_minutes, validation, post, t_start, **extra
+    )

@@ -20,13 +20,9 @@ import numpy as np
 
 from cellsynth.benchmark.segmenters._fitting import (
     autocast,
-    budgeted_fit,
-    pooled_ap50,
+    fit_validated,
     resolve_precision,
     split_validation,
-    state_copy,
-    training_record,
-    tune_params,
 )
 from cellsynth.benchmark.segmenters._instances import instance_targets, maps_to_instances
 from cellsynth.benchmark.segmenters.base import Segmenter
@@ -410,45 +406,26 @@ class DenseSegmenter(Segmenter):
             opt.step()
             return loss.item()
 
-        def evaluate():
-            maps = [dict(zip(self.outputs, self.predict_maps(s.image))) for s in val]
-            preds = [self._instances(m, self.options) for m in maps]
-            return pooled_ap50([s.labels for s in val], preds), maps
-
         with seeded(int(o["seed"]) + 1):
-            result = budgeted_fit(
+            self.info = fit_validated(
+                o,
+                val,
                 step_fn,
                 steps,
-                evaluate=evaluate if val else None,
-                snapshot=lambda: state_copy(net),
-                restore=net.load_state_dict,
+                net,
+                lambda image: dict(zip(self.outputs, self.predict_maps(image))),
+                self._instances,
+                self._tune_grid(),
                 epochs=epochs,
                 budget_minutes=budget_minutes,
-                default_epochs=int(o["epochs"]),
                 t_start=t_start,
                 set_lr=cosine_lr(opt, float(o["lr"])),
-                n_evals=int(o["n_evals"]),
+                precision=precision,
+                device=device,
                 progress=progress,
                 desc=f"{self.name} fit",
+                train_images=len(fit_samples),
             )
-        post = None
-        if val and o["tune"] and result["best_payload"] is not None:
-            post = self._tune(val, result["best_payload"], budget_minutes, t_start)
-        self.info = training_record(
-            result,
-            precision,
-            device,
-            budget_minutes,
-            {
-                "n_images": len(val),
-                "names": [s.name for s in val],
-                "fraction": float(o["val_fraction"]),
-                "seed": int(o["seed"]),
-            },
-            post,
-            t_start,
-            train_images=len(fit_samples),
-        )
         if workdir is not None:
             self.save(Path(workdir) / "model")
 
@@ -465,28 +442,6 @@ class DenseSegmenter(Segmenter):
             grid["min_distance"] = [2, 3, 5, 8, 12]
         grid["min_size"] = [4, 8, 16, 32, 64]
         return grid
-
-    def _tune(self, val, maps, budget_minutes, t_start) -> dict:
-        """Choose the post-processing on the validation maps; store it in the options."""
-        grid = self._tune_grid()
-        start = {k: self.options[k] for k in grid}
-        deadline = None
-        if budget_minutes is not None:
-            deadline = t_start + float(budget_minutes) * 60.0
-        truth = [s.labels for s in val]
-
-        def score(params):
-            opts = {**self.options, **params}
-            return pooled_ap50(truth, [self._instances(m, opts) for m in maps])
-
-        found = tune_params(score, grid, start, deadline=deadline)
-        self.options.update(found["params"])
-        return {
-            "params": found["params"],
-            "val_ap50": found["score"],
-            "default_val_ap50": found["default_score"],
-            "tried": found["tried"],
-        }
 
     def predict_maps(self, image: np.ndarray) -> np.ndarray:
         """Image -> K x H x W probabilities (the channels named in ``outputs``)."""

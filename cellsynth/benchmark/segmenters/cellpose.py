@@ -26,13 +26,9 @@ import numpy as np
 
 from cellsynth.benchmark.segmenters._fitting import (
     autocast,
-    budgeted_fit,
-    pooled_ap50,
+    fit_validated,
     resolve_precision,
     split_validation,
-    state_copy,
-    training_record,
-    tune_params,
 )
 from cellsynth.benchmark.segmenters._torchutil import (
     area_weights,
@@ -89,6 +85,13 @@ DEFAULTS = {
     "val_max_images": 16,  # at most this many validation images (each costs ~2 s)
     "n_evals": 5,  # validation points along the training (each costs ~2 s per image)
     "tune": True,  # choose the thresholds on the validation slice
+}
+
+# post-processing candidates chosen on the validation slice (from the flows computed once)
+TUNE_GRID = {
+    "cellprob_threshold": [-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0],
+    "flow_threshold": [0.2, 0.4, 0.6, 0.8, 0.0],
+    "min_size": [5, 15, 30, 60],
 }
 
 # built-in model name -> file name in the Cellpose model folder (cellpose 3.x naming)
@@ -327,75 +330,30 @@ class CellposeSegmenter(Segmenter):
             opt.step()
             return loss.item()
 
-        def evaluate():
-            out = [self._net_output(s.image) for s in val]
-            preds = [self._masks(dp, cp, self.options) for dp, cp in out]
-            return pooled_ap50([s.labels for s in val], preds), out
-
         with _numpy_seed(int(o["seed"])), seeded(int(o["seed"]) + 1):
-            result = budgeted_fit(
+            self.info = fit_validated(
+                o,
+                val,
                 step_fn,
                 steps,
-                evaluate=evaluate if val else None,
-                snapshot=lambda: state_copy(net),
-                restore=net.load_state_dict,
+                net,
+                self._net_output,
+                lambda out, opts: self._masks(out[0], out[1], opts),
+                TUNE_GRID,
                 epochs=epochs,
                 budget_minutes=budget_minutes,
-                default_epochs=int(o["epochs"]),
                 t_start=t_start,
                 set_lr=cosine_lr(opt, float(o["learning_rate"])),
-                n_evals=int(o["n_evals"]),
+                precision=precision,
+                device=device,
                 progress=progress,
                 desc="cellpose fit",
+                train_images=len(data),
+                diam_mean=diam,
+                cellpose=CELLPOSE_VERSION,
             )
-        post = None
-        if val and o["tune"] and result["best_payload"] is not None:
-            post = self._tune(val, result["best_payload"], budget_minutes, t_start)
-        self.info = training_record(
-            result,
-            precision,
-            device,
-            budget_minutes,
-            {
-                "n_images": len(val),
-                "names": [s.name for s in val],
-                "fraction": float(o["val_fraction"]),
-                "seed": int(o["seed"]),
-            },
-            post,
-            t_start,
-            train_images=len(data),
-            diam_mean=diam,
-            cellpose=CELLPOSE_VERSION,
-        )
         if workdir is not None:
             self.save(Path(workdir) / "model")
-
-    def _tune(self, val, outputs, budget_minutes, t_start) -> dict:
-        """Choose cellprob_threshold, flow_threshold and min_size on the validation slice."""
-        grid = {
-            "cellprob_threshold": [-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0],
-            "flow_threshold": [0.2, 0.4, 0.6, 0.8, 0.0],
-            "min_size": [5, 15, 30, 60],
-        }
-        start = {k: self.options[k] for k in grid}
-        deadline = None
-        if budget_minutes is not None:
-            deadline = t_start + float(budget_minutes) * 60.0
-        truth = [s.labels for s in val]
-
-        def score(params):
-            opts = {**self.options, **params}
-            return pooled_ap50(truth, [self._masks(dp, cp, opts) for dp, cp in outputs])
-
-        found = tune_params(score, grid, start, deadline=deadline)
-        self.options.update(found["params"])
-        return {
-            "params": found["params"],
-            "val_ap50": found["score"],
-            "default_val_ap50": found["default_score"],
-            "tried": found["tried"],
-        }
 
     def _prepare(self, image: np.ndarray) -> np.ndarray:
         """Image -> nchan x H x W float32, as Cellpose converts and normalises it."""

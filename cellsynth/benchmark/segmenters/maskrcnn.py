@@ -29,13 +29,9 @@ import torch.nn.functional as F
 
 from cellsynth.benchmark.segmenters._fitting import (
     autocast,
-    budgeted_fit,
-    pooled_ap50,
+    fit_validated,
     resolve_precision,
     split_validation,
-    state_copy,
-    training_record,
-    tune_params,
 )
 from cellsynth.benchmark.segmenters._torchutil import (
     area_weights,
@@ -115,6 +111,13 @@ DEFAULTS = {
 # score_threshold / nms_threshold then filter them (so that they can be chosen after training)
 RAW_SCORE = 0.25
 RAW_NMS = 0.7
+# post-processing candidates chosen on the validation slice (from raw detections computed once)
+TUNE_GRID = {
+    "score_threshold": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+    "nms_threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
+    "mask_threshold": [0.3, 0.4, 0.5, 0.6],
+    "min_size": [4, 8, 16, 32],
+}
 
 
 class _KeepSizeTransform(GeneralizedRCNNTransform):
@@ -396,76 +399,29 @@ class MaskRCNNSegmenter(Segmenter):
             opt.step()
             return loss.item()
 
-        def evaluate():
-            raw = [self._raw(s.image) for s in val]
-            preds = [self._paint(r, self.options) for r in raw]
-            return pooled_ap50([s.labels for s in val], preds), raw
-
         with seeded(int(o["seed"]) + 1):
-            result = budgeted_fit(
+            self.info = fit_validated(
+                o,
+                val,
                 step_fn,
                 steps,
-                evaluate=evaluate if val else None,
-                snapshot=lambda: state_copy(model),
-                restore=model.load_state_dict,
+                model,
+                self._raw,
+                self._paint,
+                TUNE_GRID,
                 epochs=epochs,
                 budget_minutes=budget_minutes,
-                default_epochs=int(o["epochs"]),
                 t_start=t_start,
                 set_lr=cosine_lr(opt, float(o["lr"])),
-                n_evals=int(o["n_evals"]),
-                eval_untrained=False,
+                precision=precision,
+                device=device,
                 progress=progress,
                 desc="maskrcnn fit",
+                eval_untrained=False,
+                train_images=len(images),
             )
-        post = None
-        if val and o["tune"] and result["best_payload"] is not None:
-            post = self._tune(val, result["best_payload"], budget_minutes, t_start)
-        self.info = training_record(
-            result,
-            precision,
-            device,
-            budget_minutes,
-            {
-                "n_images": len(val),
-                "names": [s.name for s in val],
-                "fraction": float(o["val_fraction"]),
-                "seed": int(o["seed"]),
-            },
-            post,
-            t_start,
-            train_images=len(images),
-        )
         if workdir is not None:
             self.save(Path(workdir) / "model")
-
-    def _tune(self, val, raw, budget_minutes, t_start) -> dict:
-        """Choose score_threshold, nms_threshold, mask_threshold and min_size on the validation
-        slice (from the network's raw detections, computed once)."""
-        grid = {
-            "score_threshold": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
-            "nms_threshold": [0.3, 0.4, 0.5, 0.6, 0.7],
-            "mask_threshold": [0.3, 0.4, 0.5, 0.6],
-            "min_size": [4, 8, 16, 32],
-        }
-        start = {k: self.options[k] for k in grid}
-        deadline = None
-        if budget_minutes is not None:
-            deadline = t_start + float(budget_minutes) * 60.0
-        truth = [s.labels for s in val]
-
-        def score(params):
-            opts = {**self.options, **params}
-            return pooled_ap50(truth, [self._paint(r, opts) for r in raw])
-
-        found = tune_params(score, grid, start, deadline=deadline)
-        self.options.update(found["params"])
-        return {
-            "params": found["params"],
-            "val_ap50": found["score"],
-            "default_val_ap50": found["default_score"],
-            "tried": found["tried"],
-        }
 
     def _raw(self, image: np.ndarray) -> dict:
         """The network's detections on one image (score >= RAW_SCORE, box NMS at RAW_NMS):
