@@ -1,12 +1,17 @@
-"""Cellpose segmenter: a CPnet trained from scratch with Cellpose's own training code, or a
-pretrained Cellpose model (by name from the local model folder, or by path), or Cellpose-SAM.
+"""Cellpose segmenter: a CPnet trained from scratch with Cellpose's own pieces, or a pretrained
+Cellpose model (by name from the local model folder, or by path), or Cellpose-SAM.
 
 From scratch (``model=None``, the default; cellpose 3.x): the network is built untrained
 (``CellposeModel(pretrained_model=False)``, nothing downloaded) with ``diam_mean`` set to the mean
-object diameter of the training masks, flows come from ``cellpose.dynamics.labels_to_flows``,
-and ``cellpose.train.train_seg`` trains it. A minutes budget is honoured by timing a short
-probe run of ``train_seg`` first and choosing ``n_epochs`` (and, for short budgets, images per
-epoch so that the learning-rate warm-up of 10 epochs completes) from it.
+object diameter of the training masks; flows come from ``cellpose.dynamics.labels_to_flows``,
+augmentation from ``cellpose.transforms.random_rotate_and_resize`` and the loss from
+``cellpose.train._loss_fn_seg``. The loop around them is
+:func:`cellsynth.benchmark.segmenters._fitting.fit_validated` (as for the other segmenters): a
+minutes budget is spent whole, the best weights by AP@0.5 on a seeded validation slice are kept,
+and ``cellprob_threshold``, ``flow_threshold`` and ``min_size`` are chosen on that slice.
+Prediction is ``CellposeModel.eval(compute_masks=False)`` (the network's flows and cell
+probability) followed by Cellpose's own ``dynamics.compute_masks`` with those thresholds.
+``precision="auto"`` runs both under bf16 autocast where the device has bf16.
 
 Pretrained (``model="cyto3"``, ``"nuclei"``, other built-in names, or a file path): the weights
 must already be in the Cellpose model folder (``$CELLPOSE_LOCAL_MODELS_PATH`` or

@@ -12,8 +12,11 @@ ResNet) take a local ``.pth`` path, or a torchvision weights name (``DEFAULT``, 
 Settings for dense small cells: anchors of 8..128 px (one size per FPN level, ratios 0.5/1/2),
 hundreds of detections per image, RPN pre/post-NMS top-n raised to 3000/1500 (test), no internal
 resizing (images keep their size, times ``scale``). Images are percentile-normalised, 1-channel
-repeated to 3. Predicted soft masks are thresholded at ``mask_threshold`` and painted in
-descending score order, so the labels never overlap.
+repeated to 3. ``mask_head`` sets the mask head's conv channels (torchvision: 4 x 256; on a CPU
+2 x 128 is about ten times cheaper). The network keeps detections down to score 0.25 and box
+NMS 0.7; ``score_threshold``, ``nms_threshold``, ``mask_threshold`` and ``min_size`` then filter
+them, and are chosen on the validation slice after training (see ``_fitting.fit_validated``).
+Soft masks are painted in descending score order, so the labels never overlap.
 """
 
 from __future__ import annotations
