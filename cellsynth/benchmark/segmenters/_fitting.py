@@ -110,15 +110,19 @@ def tune_params(score_fn, grid: dict, start: dict, rounds: int = 2, deadline: fl
     Args:
         score_fn: params dict -> score (higher is better).
         grid: name -> candidate values; start: initial values (the defaults).
-        deadline: ``time.perf_counter()`` value after which no new candidate is tried.
+        deadline: ``time.perf_counter()`` value; no candidate is started that would end after it
+            (judged by the slowest candidate so far).
     Returns: dict(params, score, default_score, tried).
     """
     seen: dict = {}
+    cost = [0.0]  # the slowest candidate so far: none is started that would end past deadline
 
     def score(p):
         key = tuple(sorted(p.items()))
         if key not in seen:
+            t0 = time.perf_counter()
             seen[key] = float(score_fn(dict(p)))
+            cost[0] = max(cost[0], time.perf_counter() - t0)
         return seen[key]
 
     best = dict(start)
@@ -127,7 +131,7 @@ def tune_params(score_fn, grid: dict, start: dict, rounds: int = 2, deadline: fl
         changed = False
         for name, values in grid.items():
             for v in values:
-                if deadline is not None and time.perf_counter() > deadline:
+                if deadline is not None and time.perf_counter() + cost[0] > deadline:
                     break
                 cand = {**best, name: v}
                 s = score(cand)

@@ -256,6 +256,7 @@ class CellposeSegmenter(Segmenter):
             workdir: folder for the saved model (``model/``).
             budget_minutes / epochs: whichever ends first; neither -> option ``epochs``.
         """
+        t_start = time.perf_counter()  # the budget counts from here, imports included
         import torch
         from cellpose import dynamics, transforms
         from cellpose import train as cp_train
@@ -276,7 +277,6 @@ class CellposeSegmenter(Segmenter):
             raise CellsynthError(f"epochs must be >= 1, got {epochs}")
         if budget_minutes is not None and float(budget_minutes) <= 0:
             raise CellsynthError(f"budget_minutes must be > 0, got {budget_minutes}")
-        t_start = time.perf_counter()
         samples = list(train)
         tr_idx, val_idx = split_validation(
             len(samples), o["val_fraction"], int(o["seed"]), int(o["val_max_images"])
