@@ -154,7 +154,7 @@ def test_budgeted_fit_epochs_exact_and_errors():
 
 
 # --- the segmenters ----------------------------------------------------------------------------
-BUDGET = {"unet": 0.25, "u2net": 0.4, "maskrcnn": 0.5, "cellpose": 0.4}
+BUDGET = {"unet": 0.25, "u2net": 0.4, "maskrcnn": 0.8, "cellpose": 0.4}
 
 
 @pytest.mark.slow
