@@ -275,7 +275,8 @@ def budgeted_fit(
     finally:
         bar.close()
     if evaluate is not None:
-        run_eval()
+        if not curve or curve[-1]["steps"] != step:  # the last weights were not scored yet
+            run_eval()
         if restore is not None and best_state is not None:
             restore(best_state)
     return {
