@@ -165,3 +165,17 @@ def test_atomic_outputs_have_usual_permissions(tmp_path):
         os.umask(mask)
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_touching_objects_8_adjacency():
+    from cellsynth.tools.labels import touching_objects
+
+    lab = np.zeros((8, 8), np.uint16)
+    lab[1:3, 1:3] = 1
+    lab[1:3, 3:5] = 2  # shares an edge with 1
+    lab[3, 5] = 3  # diagonal neighbour of 2 only
+    lab[6:8, 6:8] = 4  # alone
+    lab[6, 0:2] = 5  # alone (one background pixel from 6)
+    lab[6, 3] = 6
+    assert touching_objects(lab).tolist() == [1, 2, 3]
+    assert touching_objects(np.zeros((4, 4), np.uint16)).size == 0

@@ -410,9 +410,25 @@ def test_two_processes_gloo(tmp_path, pairs):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU message")
-def test_fp16_needs_cuda(tmp_path, pairs):
-    with pytest.raises(CellsynthError, match="CUDA"):
+def test_fp16_needs_cuda_or_a_bf16_cpu(tmp_path, pairs, monkeypatch):
+    from cellsynth import precision
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: --fp16 is fp16 AMP there")
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    with pytest.raises(CellsynthError, match="CUDA device or a CPU with native bf16"):
         train(tiny_opt(tmp_path, pairs, fp16=True))
+    assert not any(tmp_path.glob("**/*.pt"))
+
+
+def test_fp16_trains_in_bf16_on_a_bf16_cpu(tmp_path, pairs, monkeypatch):
+    from cellsynth import precision
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)  # (emulated where it is not)
+    run = train(tiny_opt(tmp_path, pairs, fp16=True, device="cpu", niter=1, niter_decay=0))
+    stats = [json.loads(s) for s in (run / "stats.jsonl").read_text().splitlines()]
+    assert stats and all(np.isfinite(s["G_GAN"]) and np.isfinite(s["D_real"]) for s in stats)
+    assert "bf16" in (run / "log.txt").read_text()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 
 from conftest import disks_sample  # noqa: E402
 
+from cellsynth import precision as precision_mod  # noqa: E402
 from cellsynth.benchmark.segmenters import _fitting, make_segmenter  # noqa: E402
 from cellsynth.benchmark.segmenters._fitting import (  # noqa: E402
     budgeted_fit,
@@ -69,12 +70,12 @@ def test_split_validation_seeded_disjoint():
 def test_resolve_precision(monkeypatch):
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == "fp32"
-    monkeypatch.setattr(_fitting, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(precision_mod, "cpu_has_bf16", lambda: False)
     assert resolve_precision("auto", cpu) == "fp32"
     assert resolve_precision(None, cpu) == "fp32"
     with pytest.raises(CellsynthError, match="no native bf16"):
         resolve_precision("bf16", cpu)
-    monkeypatch.setattr(_fitting, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(precision_mod, "cpu_has_bf16", lambda: True)
     assert resolve_precision("auto", cpu) == "bf16"
     assert resolve_precision("BF16", cpu) == "bf16"
     with pytest.raises(CellsynthError, match="unknown precision"):

@@ -1,7 +1,7 @@
 """The ``cellsynth`` command: a thin click group.
 
 Each command group lives in its own module here (``dataset``, ``tools``, ``stylegan3``,
-``pix2pixhd``, ``synth``, ``benchmark``, ``demo``); they parse options, call the library and
+``pix2pixhd``, ``synth``, ``benchmark``, ``demo``, ``models``); they parse options, call the library and
 report. Heavy imports (torch) happen inside the commands so ``cellsynth --help`` stays fast.
 Library code raises :class:`cellsynth.errors.CellsynthError`; :func:`main` prints its message
 as one line on stderr and exits with status 2. It does the same for an ``OSError`` (a full disk,
@@ -29,6 +29,7 @@ _COMMANDS = {
     "synth": ("cellsynth.cli.synth", "synth"),
     "benchmark": ("cellsynth.cli.benchmark", "benchmark"),
     "demo": ("cellsynth.cli.demo", "demo"),
+    "models": ("cellsynth.cli.models", "models"),
 }
 
 

@@ -55,7 +55,7 @@ _HELP = {
     "beta1": "Adam beta1",
     "niter": "epochs at the starting learning rate",
     "niter_decay": "epochs of linear decay to zero",
-    "fp16": "mixed precision (CUDA only)",
+    "fp16": "mixed precision: fp16 AMP on CUDA, bf16 autocast on a CPU with native bf16",
     "continue_train": "resume from --which_epoch of this run",
     "which_epoch": "latest or an epoch number",
     "display_freq": "iterations between image pages",

@@ -54,7 +54,11 @@ def stylegan3():
 @click.option("--cond", is_flag=True, help="Condition on the zip's class labels.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--workers", default=3, show_default=True, type=click.IntRange(min=1))
-@click.option("--fp32", is_flag=True, help="Disable mixed precision (CUDA only anyway).")
+@click.option(
+    "--fp32",
+    is_flag=True,
+    help="Disable mixed precision (fp16 on CUDA, bf16 on CPUs with native bf16).",
+)
 @click.option(
     "--metrics", default="none", show_default=True, help="Comma list: realism,fid50k_full,..."
 )
@@ -114,6 +118,12 @@ def train(**kw):
 @click.option("--decode", is_flag=True, help="Also write seedNNNN_masks.tif instance labels.")
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--fp32",
+    is_flag=True,
+    help="Run in float32 (default: the high-resolution layers in fp16 on CUDA, bf16 on CPUs "
+    "with native bf16).",
+)
 @click.option("--progress/--no-progress", default=False)
 def generate(
     network,
@@ -128,6 +138,7 @@ def generate(
     decode,
     batch,
     device,
+    fp32,
     progress,
 ):
     """Generate masks seedNNNN.png (the gen_images habit).
@@ -157,6 +168,7 @@ def generate(
         device=device,
         progress=progress,
         overwrite=overwrite,
+        fp32=fp32,
     )
     click.echo(f"wrote {len(written)} files to {outdir}")
 

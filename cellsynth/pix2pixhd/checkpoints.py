@@ -1,7 +1,7 @@
 """Where a Pix2PixHD checkpoint is: a ``.pt`` file as given, or one inside a run folder.
 
 Shared by the translator, the feature clusters and ``cellsynth synth`` (which records the
-checkpoint's sha256); imports no other pix2pixhd module.
+checkpoint's sha256); imports no other pix2pixhd module. Shipped model names resolve here too.
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ def checkpoint_path(run_dir: str | os.PathLike, which_epoch: str | int = "latest
 
 
 def resolve_checkpoint(path: str | os.PathLike, which_epoch: str | int = "latest") -> Path:
-    """A .pt file as given, or ``latest.pt`` / ``epoch_N.pt`` inside a run folder."""
-    path = Path(path)
+    """A .pt file as given, ``latest.pt`` / ``epoch_N.pt`` inside a run folder, or the file of a
+    shipped model name (see :mod:`cellsynth.models`)."""
+    from cellsynth import models
+
+    path = models.lookup(path, "pix2pixhd")
     if path.is_dir():
         ckpt = checkpoint_path(path, which_epoch)
         if not ckpt.is_file():
@@ -31,7 +34,7 @@ def resolve_checkpoint(path: str | os.PathLike, which_epoch: str | int = "latest
         return ckpt
     if not path.is_file():
         raise CellsynthError(
-            f"{path}: no such pix2pixhd checkpoint or run folder; train one with "
-            "`cellsynth pix2pixhd train` or give the right path"
+            f"{path}: no such pix2pixhd checkpoint or run folder{models.hint('pix2pixhd')}; "
+            "train one with `cellsynth pix2pixhd train` or give the right path"
         )
     return path

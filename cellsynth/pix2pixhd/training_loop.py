@@ -33,6 +33,7 @@ from cellsynth.pix2pixhd.networks import (
     init_weights,
 )
 from cellsynth.pix2pixhd.options import Options
+from cellsynth.precision import cpu_kind, low_precision_dtype
 from cellsynth.training import distributed as dist_utils
 from cellsynth.training.checkpoint import (
     get_rng_state,
@@ -144,7 +145,12 @@ class Pix2PixHDModel:
         betas = (opt.beta1, 0.999)
         self.optim_G = torch.optim.Adam(self.g_params(), lr=opt.lr, betas=betas)
         self.optim_D = torch.optim.Adam(self.D.parameters(), lr=opt.lr, betas=betas)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=bool(opt.fp16))
+        # --fp16: fp16 autocast with loss scaling on CUDA (as the original's AMP), bf16 autocast
+        # on a CPU with native bf16 (same range as fp32: no loss scaling needed)
+        self.amp_dtype = low_precision_dtype(device, bool(opt.fp16))
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.amp_dtype is torch.float16 and device.type == "cuda"
+        )
 
     def g_params(self) -> list[torch.nn.Parameter]:
         params = list(self.G.parameters())
@@ -174,7 +180,11 @@ class Pix2PixHDModel:
     def step(self, batch: dict) -> tuple[dict, torch.Tensor]:
         """One G update then one D update; returns (loss values, fake images)."""
         opt = self.opt
-        amp = torch.autocast(self.device.type, dtype=torch.float16, enabled=bool(opt.fp16))
+        amp = torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+        )
         real = batch["image"]
         # generator (and encoder)
         self.D.requires_grad_(False)
@@ -248,6 +258,11 @@ class Pix2PixHDModel:
 
 
 # ---- the loop ------------------------------------------------------------------------------
+def _precision_name(amp_dtype) -> str:
+    """What --fp16 turned on: "fp16 AMP", "bf16 autocast" or "fp32"."""
+    return {torch.float16: "fp16 AMP", torch.bfloat16: "bf16 autocast"}.get(amp_dtype, "fp32")
+
+
 def _has_checkpoint(run_dir: Path) -> bool:
     return any(run_dir.glob("*.pt"))
 
@@ -255,8 +270,11 @@ def _has_checkpoint(run_dir: Path) -> bool:
 def train(opt: Options) -> Path:
     """Train Pix2PixHD as ``opt`` says; returns the run folder ``checkpoints_dir/name``."""
     opt = opt.check()
-    if opt.fp16 and not torch.cuda.is_available():
-        raise CellsynthError("--fp16 needs a CUDA device (mixed precision); drop --fp16 on CPU")
+    if opt.fp16 and low_precision_dtype(pick_device(opt), True) is None:
+        raise CellsynthError(
+            "--fp16 needs a CUDA device or a CPU with native bf16 (avx512_bf16 or amx_bf16); "
+            f"this one has neither ({cpu_kind()}): drop --fp16"
+        )
     opt, dataset = resolve_data(opt)
     run_dir = Path(opt.checkpoints_dir) / opt.name
     if opt.continue_train:
@@ -333,7 +351,9 @@ def _worker(rank: int, world: int, opt_dict: dict, run_dir: str) -> None:
     if main:
         logger.print(
             f"pix2pixhd: {n} pairs, {batches_per_epoch} iterations/epoch, {world} process(es) "
-            f"on {device}, epochs {start_epoch}..{opt.total_epochs}"
+            f"on {device}, epochs {start_epoch}..{opt.total_epochs}; precision: "
+            f"{_precision_name(model.amp_dtype)}"
+            + (f" ({cpu_kind()})" if device.type == "cpu" else "")
         )
     t0 = time.time()
     stop = False

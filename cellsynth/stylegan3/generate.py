@@ -40,14 +40,17 @@ class MaskGenerator:
         self.z_dim = int(G.z_dim)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device="cpu", which: str = "G_ema") -> MaskGenerator:
-        """Load the ``G_ema`` generator of a snapshot (``network-snapshot-*.pt``)."""
+    def load(
+        cls, path: str | os.PathLike, device="cpu", which: str = "G_ema", fp32: bool = False
+    ) -> MaskGenerator:
+        """Load the ``G_ema`` generator of a snapshot (``network-snapshot-*.pt``); mixed precision
+        (fp16 on CUDA, bf16 on a CPU with native bf16) unless ``fp32``."""
         import torch
 
         from cellsynth.stylegan3.snapshot import load_generator
 
         device = torch.device(device)
-        G, config = load_generator(path, device=device, which=which)
+        G, config = load_generator(path, device=device, which=which, fp32=fp32)
         return cls(G, config, device=device)
 
     def _is_stylegan2(self) -> bool:
@@ -155,6 +158,7 @@ def generate_images(
     device="cpu",
     progress: bool = False,
     overwrite: bool = False,
+    fp32: bool = False,
 ) -> list[Path]:
     """Write ``seedNNNN.png`` (and ``seedNNNN_masks.tif`` with ``decode``) into ``outdir``.
 
@@ -173,7 +177,7 @@ def generate_images(
             f"--outdir {outdir} already holds files; pass --overwrite to write into it (files "
             "of the same seeds are replaced), or choose an empty folder"
         )
-    gen = MaskGenerator.load(network, device=device)
+    gen = MaskGenerator.load(network, device=device, fp32=fp32)
     if decode and not gen.encoding:
         raise CellsynthError(f"{network}: snapshot has no mask encoding; cannot --decode")
     gen.check_options(class_idx, noise_mode, batch, translate, rotate)

@@ -267,6 +267,52 @@ class Conv2dLayer(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------
+# Mixed precision: which dtype a block marked ``use_fp16`` runs in
+
+NET_PRECISIONS = ("default", "mixed", "fp32")
+
+
+def layer_dtype(block: nn.Module, x: torch.Tensor) -> torch.dtype:
+    """The activation dtype of ``block`` for input ``x``.
+
+    Blocks that the original would run in fp16 (``use_fp16``, the highest resolutions, chosen by
+    ``num_fp16_res``) run in fp16 on CUDA and, once :func:`set_precision` has set "mixed", in
+    bfloat16 on the CPU; "fp32" (``--fp32``) keeps every block in float32; "default" (a freshly
+    built network) is the original's behaviour: fp16 on CUDA, float32 on the CPU. Every other
+    block, the mapping network, the losses and the optimizer state stay float32."""
+    if not getattr(block, "use_fp16", False):
+        return torch.float32
+    mode = getattr(block, "precision", "default")
+    if mode == "fp32":
+        return torch.float32
+    if x.is_cuda:
+        return torch.float16
+    return torch.bfloat16 if mode == "mixed" else torch.float32
+
+
+def set_precision(net: nn.Module, mode: str) -> nn.Module:
+    """Set the mixed-precision mode ("default", "mixed" or "fp32"; see :func:`layer_dtype`) of
+    every block of ``net``; a plain attribute, so snapshots and state dicts are unchanged."""
+    if mode not in NET_PRECISIONS:
+        raise CellsynthError(f"unknown precision {mode!r}; use one of {', '.join(NET_PRECISIONS)}")
+    for m in net.modules():
+        if hasattr(m, "use_fp16"):
+            m.precision = mode
+    return net
+
+
+def use_mixed_precision(net: nn.Module, device, fp32: bool = False) -> str:
+    """Set ``net``'s precision for running on ``device``: its ``use_fp16`` blocks in fp16 on CUDA,
+    in bf16 on a CPU with native bf16, float32 with ``fp32`` or elsewhere. Returns what runs:
+    "fp16", "bf16" or "fp32"."""
+    from cellsynth.precision import low_precision_dtype
+
+    dtype = low_precision_dtype(torch.device(device), not fp32)
+    set_precision(net, "fp32" if dtype is None else "mixed")
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
+
+
+# ------------------------------------------------------------------------------------------------
 # StyleGAN2 synthesis
 
 
@@ -391,7 +437,7 @@ class SynthesisBlock2(nn.Module):
     def forward(self, x, img, ws, noise_mode="random", fused_modconv=True):
         w_iter = iter(ws.unbind(dim=1))
         n = ws.shape[0]
-        dtype = torch.float16 if self.use_fp16 and ws.is_cuda else torch.float32
+        dtype = layer_dtype(self, ws)
         if self.in_channels == 0:
             x = self.const.to(dtype).unsqueeze(0).repeat([n, 1, 1, 1])
             x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
@@ -527,7 +573,7 @@ class DiscriminatorBlock(nn.Module):
         self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2, **kw)
 
     def forward(self, x, img):
-        dtype = torch.float16 if self.use_fp16 and img.is_cuda else torch.float32
+        dtype = layer_dtype(self, img)
         if self.in_channels == 0:
             x = self.fromrgb(img.to(dtype))
         else:

@@ -26,6 +26,7 @@ from cellsynth.stylegan3.networks_stylegan2 import (
     NOISE_MODES,
     FullyConnectedLayer,
     check_resolution,
+    layer_dtype,
     modulated_conv2d,
 )
 from cellsynth.stylegan3.ops import filtered_lrelu
@@ -199,7 +200,7 @@ class SynthesisLayer3(nn.Module):
         styles = self.affine(w)
         if self.is_torgb:
             styles = styles * (1 / math.sqrt(self.in_channels * self.conv_kernel**2))
-        dtype = torch.float16 if self.use_fp16 and x.is_cuda else torch.float32
+        dtype = layer_dtype(self, x)
         x = modulated_conv2d(
             x.to(dtype),
             self.weight,

@@ -55,9 +55,14 @@ def save_snapshot(path: str | os.PathLike, state: dict, config: dict) -> Path:
 
 
 def load_snapshot(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a snapshot (weights_only); raises CellsynthError for missing/corrupt/wrong kind."""
+    """Load a snapshot (weights_only) from a path or a shipped model name (see
+    :mod:`cellsynth.models`); raises CellsynthError for missing/corrupt/wrong kind."""
+    from cellsynth import models
     from cellsynth.training.checkpoint import load_checkpoint
 
+    path = models.lookup(path, "stylegan3")
+    if not path.exists():
+        raise CellsynthError(f"{path}: no such snapshot{models.hint('stylegan3')}")
     data = load_checkpoint(path, kind=KIND, map_location=map_location)
     cfg = data["config"]
     for key in ("build", "resolution", "channels"):
@@ -68,20 +73,29 @@ def load_snapshot(path: str | os.PathLike, map_location="cpu") -> dict:
     return data
 
 
-def build_from_config(cfg: dict, ops_impl: str | None = None):
-    """Rebuild (G, D) from a snapshot config's ``build`` arguments (weights not loaded)."""
+def build_from_config(cfg: dict, ops_impl: str | None = None, num_fp16_res: int | None = None):
+    """Rebuild (G, D) from a snapshot config's ``build`` arguments (weights not loaded);
+    ``num_fp16_res`` replaces the stored one (it decides precision only, never the weights)."""
     from cellsynth.stylegan3.networks import build_networks
 
     build = dict(cfg["build"])
+    if num_fp16_res is not None:
+        build["num_fp16_res"] = int(num_fp16_res)
     if ops_impl is not None:
         os.environ["CELLSYNTH_OPS_IMPL"] = ops_impl
     return build_networks(**build)
 
 
-def load_generator(path: str | os.PathLike, device="cpu", which: str = "G_ema"):
-    """Load the generator (``G_ema`` by default) of a snapshot; returns (G in eval mode, config)."""
+def load_generator(path: str | os.PathLike, device="cpu", which: str = "G_ema", fp32=False):
+    """Load the generator (``G_ema`` by default) of a snapshot; returns (G in eval mode, config).
+
+    The highest-resolution layers (those the original runs in fp16, whatever the snapshot was
+    trained with) run in fp16 on CUDA and in bf16 on a CPU with native bf16, unless ``fp32``;
+    ``config["precision"]`` says which ran ("fp16", "bf16" or "fp32")."""
+    from cellsynth.stylegan3.networks_stylegan2 import use_mixed_precision
+
     data = load_snapshot(path)
-    G, _ = build_from_config(data["config"])
+    G, _ = build_from_config(data["config"], num_fp16_res=0 if fp32 else 4)
     key = which if which in data else "G"
     try:
         G.load_state_dict(data[key])
@@ -90,7 +104,9 @@ def load_generator(path: str | os.PathLike, device="cpu", which: str = "G_ema"):
             f"{path}: generator weights do not fit the network the config describes "
             f"({str(exc).splitlines()[0]})"
         ) from None
-    return G.eval().requires_grad_(False).to(device), data["config"]
+    G = G.eval().requires_grad_(False).to(device)
+    config = dict(data["config"], precision=use_mixed_precision(G, device, fp32))
+    return G, config
 
 
 def list_snapshots(folder: str | os.PathLike) -> list[Path]:

@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 
 from cellsynth.errors import CellsynthError
+from cellsynth.precision import cpu_kind
 from cellsynth.training.rundir import RUN_FOLDER as _RUN
 
 CFGS = ("stylegan3-t", "stylegan3-r", "stylegan2")
@@ -90,7 +91,7 @@ def default_options(**kw) -> dict:
 
 def check_options(opts: dict) -> dict:
     """Validate and complete ``opts`` (defaults that depend on others); returns a new dict."""
-    from cellsynth.stylegan3.training_loop import CFG_DEFAULTS
+    from cellsynth.stylegan3.training_loop import CFG_DEFAULTS, training_precision
 
     opts = dict(opts)
     if opts["cfg"] not in CFGS:
@@ -130,6 +131,7 @@ def check_options(opts: dict) -> dict:
         raise CellsynthError(f"--ops-impl must be auto, ref, cpu or cuda, not {opts['ops_impl']!r}")
     if opts.get("ema_kimg") is None:
         opts["ema_kimg"] = batch * 10 / 32
+    opts["precision"], opts["cpu"] = training_precision(opts), cpu_kind()  # once per run
     opts["metrics"] = parse_metrics(opts.get("metrics"))
     for key in ("kimg", "tick"):
         if float(opts[key]) <= 0:

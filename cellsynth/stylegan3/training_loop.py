@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from cellsynth.errors import CellsynthError
+from cellsynth.precision import low_precision_dtype
 from cellsynth.stylegan3.augment import AugmentPipe, adjust_p
 from cellsynth.stylegan3.loss import StyleGANLoss
 from cellsynth.stylegan3.snapshot import kimg_stamp, load_snapshot, save_snapshot, snapshot_name
@@ -173,7 +174,7 @@ def build_args(opts: dict, data, c_dim: int) -> dict:
     extra = {
         "z_dim": int(opts.get("z_dim") or 512),
         "w_dim": int(opts.get("w_dim") or 512),
-        "num_fp16_res": 0 if opts.get("fp32") or not torch.cuda.is_available() else 4,
+        "num_fp16_res": 0 if _precision(opts) == "fp32" else 4,
     }
     if opts["cfg"] != "stylegan2":  # the magnitude EMA of stylegan3 layers follows the batch
         extra["g_kwargs"] = {"magnitude_ema_beta": 0.5 ** (int(opts["batch"]) / 20000)}
@@ -181,6 +182,24 @@ def build_args(opts: dict, data, c_dim: int) -> dict:
         if k in params:
             args[k] = v
     return args
+
+
+def training_precision(opts: dict) -> str:
+    """What the mixed-precision layers run in: "fp16" on CUDA, "bf16" on a CPU with native bf16,
+    "fp32" with ``--fp32`` or on a CPU without it (detected once per run; logged and stored in
+    training_options.json)."""
+    if opts.get("fp32"):
+        return "fp32"
+    device = opts.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = low_precision_dtype(torch.device(device))
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
+
+
+def _precision(opts: dict) -> str:
+    """The run's precision, as check_options stored it (computed here for bare option dicts)."""
+    if "precision" not in opts:
+        opts["precision"] = training_precision(opts)
+    return opts["precision"]
 
 
 def check_resume(cfg: dict, opts: dict, data, build: dict) -> dict:
@@ -265,10 +284,13 @@ class Trainer:
             self._check_resume(resume)
 
         from cellsynth.stylegan3.networks import build_networks
+        from cellsynth.stylegan3.networks_stylegan2 import set_precision
 
         G, D = build_networks(**self.build)
-        self.G = G.train().requires_grad_(False).to(self.device)
-        self.D = D.train().requires_grad_(False).to(self.device)
+        self.precision = _precision(opts)
+        mode = {"bf16": "mixed", "fp32": "fp32"}.get(self.precision, "default")
+        self.G = set_precision(G.train().requires_grad_(False).to(self.device), mode)
+        self.D = set_precision(D.train().requires_grad_(False).to(self.device), mode)
         self.G_ema = copy.deepcopy(self.G).eval()
 
         self.augment = None
@@ -641,6 +663,7 @@ def _jsonable(value):
 
 def training_process(rank: int, world: int, opts: dict, run_dir) -> None:
     """Entry point of one training process (called by ``distributed.launch``)."""
+    from cellsynth.precision import cpu_kind
     from cellsynth.training.logging import RunLogger
 
     logger = RunLogger(run_dir, enabled=(rank == 0))
@@ -652,7 +675,8 @@ def training_process(rank: int, world: int, opts: dict, run_dir) -> None:
             logger.print(
                 f"training {opts['cfg']} on {opts['data']} ({trainer.data.n} images, "
                 f"{trainer.data.resolution}px, {trainer.data.channels} ch) with {world} process(es) "
-                f"on {trainer.device}; G {n_g} params, D {n_d} params; "
+                f"on {trainer.device} ({cpu_kind() if trainer.device.type == 'cpu' else 'GPU'}, "
+                f"mixed precision: {trainer.precision}); G {n_g} params, D {n_d} params; "
                 f"starting at kimg {trainer.cur_nimg / 1000:.3f}"
             )
         trainer.run(progress=bool(opts.get("progress", False)))

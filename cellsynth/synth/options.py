@@ -110,6 +110,11 @@ class GanOptions:
         None, flag="--class", key="class", help="Class (conditional GAN)."
     )
     noise_mode: str = option("const", choices=NOISE_MODES)
+    fp32: bool = option(
+        False,
+        help="Run the generator in float32 (default: its mixed-precision layers in fp16 on "
+        "CUDA, bf16 on CPUs with native bf16).",
+    )
 
 
 @dataclass

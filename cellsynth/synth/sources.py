@@ -5,8 +5,8 @@ for the manifest."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from cellsynth import models
 from cellsynth.atomic import file_sha256
 from cellsynth.errors import CellsynthError, require
 from cellsynth.synth.options import SynthOptions, parse_source
@@ -36,7 +36,7 @@ def _translator_class():
     return Translator
 
 
-def _load(cls, what: str, path, device, missing: str | None):
+def _load(cls, what: str, path, device, missing: str | None, **kw):
     """``cls()`` (a function importing the class) loaded from ``path``; CellsynthError with
     ``missing`` when given, or when the class cannot be imported."""
     if missing:
@@ -45,18 +45,19 @@ def _load(cls, what: str, path, device, missing: str | None):
         loader = cls()
     except ImportError as exc:
         raise CellsynthError(f"the {what} is not available ({exc})") from None
-    return loader.load(path, device=device)
+    return loader.load(path, device=device, **kw)
 
 
-def load_generator(path, device):
+def load_generator(path, device, fp32: bool = False):
     """A StyleGAN3 mask generator whose snapshot records a usable mask encoding."""
     from cellsynth.tools.codec import ENCODINGS
 
-    missing = not Path(path).is_file() and (
-        f"{path}: no such stylegan3 checkpoint; train one with `cellsynth stylegan3 train` "
-        "and give its network-snapshot-*.pt"
+    path = models.lookup(path, "stylegan3")
+    missing = not path.is_file() and (
+        f"{path}: no such stylegan3 checkpoint{models.hint('stylegan3')}; train one with "
+        "`cellsynth stylegan3 train` and give its network-snapshot-*.pt"
     )
-    gen = _load(_generator_class, "stylegan3 generator", path, device, missing)
+    gen = _load(_generator_class, "stylegan3 generator", path, device, missing, fp32=fp32)
     if not gen.encoding:
         raise CellsynthError(
             f"{path}: the snapshot does not record its mask encoding; cannot decode its masks"
@@ -71,9 +72,10 @@ def load_generator(path, device):
 
 def load_translator(path, device, what: str):
     """A Pix2PixHD translator (checkpoint or run folder) that takes 2-class masks."""
-    missing = not Path(path).exists() and (
-        f"{path}: no such pix2pixhd checkpoint ({what}); train one with "
-        "`cellsynth pix2pixhd train` and give its latest.pt or run folder"
+    path = models.lookup(path, "pix2pixhd")
+    missing = not path.exists() and (
+        f"{path}: no such pix2pixhd checkpoint ({what}){models.hint('pix2pixhd')}; train one "
+        "with `cellsynth pix2pixhd train` and give its latest.pt or run folder"
     )
     tr = _load(_translator_class, "pix2pixhd translator", path, device, missing)
     if tr.label_nc == 1:
@@ -102,7 +104,7 @@ def _device(opts: SynthOptions) -> str | None:
 
 def _mask_generator(opts: SynthOptions, device, inputs: Inputs) -> None:
     path, class_idx = opts.sources.source("masks")[1], opts.gan.class_idx
-    gen = load_generator(path, device)
+    gen = load_generator(path, device, fp32=opts.gan.fp32)
     if gen.num_classes and class_idx is None:
         raise CellsynthError(
             f"{path}: the generator is conditional ({gen.num_classes} classes); pass --class"
@@ -110,7 +112,11 @@ def _mask_generator(opts: SynthOptions, device, inputs: Inputs) -> None:
     if not gen.num_classes and class_idx is not None:
         raise CellsynthError(f"{path}: --class given, but the generator is unconditional")
     inputs.generator = gen
-    inputs.checkpoints["masks"] = {"path": path, "sha256": file_sha256(path)}
+    inputs.checkpoints["masks"] = {
+        "path": path,
+        "sha256": file_sha256(models.lookup(path, "stylegan3")),
+        "precision": gen.config.get("precision", "fp32"),
+    }
 
 
 def _spots_model(opts: SynthOptions, device, inputs: Inputs) -> None:

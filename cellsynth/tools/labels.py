@@ -61,3 +61,20 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     lut = np.zeros(int(ids[-1]) + 1, dtype=np.uint32)
     lut[ids] = np.arange(1, ids.size + 1, dtype=np.uint32)
     return lut[labels].astype(label_dtype(ids.size))
+
+
+def touching_objects(labels: np.ndarray) -> np.ndarray:
+    """Sorted ids of the objects that touch another object: a pixel of theirs is 8-adjacent to
+    a pixel of a different object (background between them means not touching)."""
+    labels = check_labels(labels, "touching_objects")
+    found = []
+    # each unordered neighbour pair once: right, down, down-right, down-left
+    for a, b in (
+        (labels[:, :-1], labels[:, 1:]),
+        (labels[:-1, :], labels[1:, :]),
+        (labels[:-1, :-1], labels[1:, 1:]),
+        (labels[:-1, 1:], labels[1:, :-1]),
+    ):
+        pair = (a > 0) & (b > 0) & (a != b)
+        found += [a[pair], b[pair]]
+    return np.unique(np.concatenate(found)) if found else np.zeros(0, labels.dtype)

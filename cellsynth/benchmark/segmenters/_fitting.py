@@ -12,69 +12,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
 import time
 
 import numpy as np
 
 from cellsynth.errors import CellsynthError
-
-PRECISIONS = ("auto", "bf16", "fp32")
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    """True when the CPU has native bf16 arithmetic (``avx512_bf16`` or ``amx_bf16``)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    try:  # other systems: ask oneDNN
-        import torch
-
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:
-        return False
-
-
-def resolve_precision(precision, device) -> str:
-    """``auto`` | ``bf16`` | ``fp32`` on ``device`` -> the precision that will run.
-
-    ``auto`` is bf16 where the device has native bf16 (see :func:`cpu_has_bf16`; CUDA devices
-    with ``torch.cuda.is_bf16_supported()``), else fp32. An explicit ``bf16`` on a device without
-    it raises CellsynthError."""
-    precision = "auto" if precision is None else str(precision).lower()
-    if precision not in PRECISIONS:
-        raise CellsynthError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        return "fp32"
-    if device.type == "cuda":
-        import torch
-
-        ok = bool(torch.cuda.is_bf16_supported())
-    else:
-        ok = device.type == "cpu" and cpu_has_bf16()
-    if precision == "bf16" and not ok:
-        raise CellsynthError(
-            f"precision bf16: the {device.type} device here has no native bf16; "
-            "use precision fp32 (or auto)"
-        )
-    return "bf16" if ok else "fp32"
-
-
-def autocast(device, precision: str):
-    """Autocast context for ``precision`` ("bf16": bfloat16 autocast; "fp32": no-op)."""
-    if precision != "bf16":
-        return contextlib.nullcontext()
-    import torch
-
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+from cellsynth.precision import (  # noqa: F401  (the segmenters import them from here)
+    PRECISIONS,
+    autocast,
+    cpu_has_bf16,
+    resolve_precision,
+)
 
 
 def split_validation(n: int, fraction: float, seed: int, max_val: int = 64):

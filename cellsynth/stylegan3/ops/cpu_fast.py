@@ -102,6 +102,12 @@ def _pad(x, px0, px1, py0, py1):
     return x
 
 
+def _kernel_dtype(x):
+    """The dtype of the kernels' taps for x: x's own, float32 for bfloat16 activations (the
+    kernels sum bf16 in float32)."""
+    return torch.float32 if x.dtype == torch.bfloat16 else x.dtype
+
+
 def _use_kernels(x, *filters):
     """Whether the compiled kernels can run this call (taps that need no gradient)."""
     if any(f is not None and f.requires_grad for f in filters):
@@ -149,7 +155,7 @@ def _run_passes(x, passes, bias=None, lrelu=None):
 def upfirdn2d(x, f, up, down, padding, flip_filter, gain):
     """Fast upfirdn2d; arguments already parsed (see upfirdn2d.upfirdn2d)."""
     if _use_kernels(x, f):
-        g = _taps(f, flip_filter, gain, x.dtype)
+        g = _taps(f, flip_filter, gain, _kernel_dtype(x))
         return _run_passes(x, _passes(x, g, up, down, padding))
     upx, upy = up
     downx, downy = down
@@ -246,9 +252,10 @@ def filtered_lrelu(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_fil
 def _filtered_lrelu_kernels(x, fu, fd, b, up, down, padding, gain, slope, clamp, flip_filter):
     """filtered_lrelu with the compiled kernels: bias fused into the first up pass, the clamped
     leaky ReLU into the last up pass, the lrelu gain folded into the down taps (gain > 0)."""
-    one = torch.ones([1, 1], dtype=x.dtype)
-    gu = _taps(fu if fu is not None else one, flip_filter, up**2, x.dtype)
-    gd = _taps(fd if fd is not None else one, flip_filter, 1, x.dtype)
+    dtype = _kernel_dtype(x)
+    one = torch.ones([1, 1], dtype=dtype)
+    gu = _taps(fu if fu is not None else one, flip_filter, up**2, dtype)
+    gd = _taps(fd if fd is not None else one, flip_filter, 1, dtype)
     gd = gd * gain ** (gd.ndim / 2)  # in x's precision, as the reference scales activations
     lo, hi = _clamp_bounds(clamp, gain, slope)
     x = _run_passes(x, _passes(x, gu, (up, up), (1, 1), padding), bias=b, lrelu=(lo, hi, slope))

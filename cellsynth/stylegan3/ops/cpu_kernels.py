@@ -9,7 +9,7 @@ building at the same time. ``available()`` is False, after one warning, when no 
 the fast ops then fall back to their pure-PyTorch formulation.
 
 ``fir2d`` is one polyphase pass (any up/down/padding on each axis, separable or 2-D taps) on
-channels-last float32/float64 tensors; its backward is the same pass with flipped taps and
+channels-last float32/float64/bfloat16 tensors (bf16 is summed in float32); its backward is the same pass with flipped taps and
 swapped factors, so gradients of any order work. ``up_lrelu`` fuses a pass with the clamped
 leaky ReLU and keeps one byte per sample for the backward.
 """
@@ -36,9 +36,9 @@ MALLOC_ENV = "CELLSYNTH_MALLOC_TUNE"  # "0" leaves glibc's allocator settings al
 # glibc mallopt parameters; see tune_allocator
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _ALLOC_LIMIT = 1 << 30
-ABI_VERSION = 2
+ABI_VERSION = 3
 _STATE: dict = {}
-_DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+_DTYPES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16"}
 
 
 def _compiler() -> str | None:
@@ -159,7 +159,8 @@ def available() -> bool:
 
 
 def supports(x: torch.Tensor) -> bool:
-    """Whether ``fir2d`` can run on ``x`` (a 4-D float32/float64 CPU tensor, kernels built)."""
+    """Whether ``fir2d`` can run on ``x`` (a 4-D float32/float64/bfloat16 CPU tensor, kernels
+    built)."""
     return x.device.type == "cpu" and x.ndim == 4 and x.dtype in _DTYPES and available()
 
 
@@ -186,8 +187,9 @@ def _run(x, g, geom, bias=None, lrelu=None, want_code=False):
     n, c, h, w = x.shape
     (upy, downy, py0, ho), (upx, downx, px0, wo) = geom
     xs = _nhwc(x)
-    g = g.to(x.dtype).contiguous()
-    b = None if bias is None else bias.to(x.dtype).contiguous()
+    acc = torch.float32 if x.dtype == torch.bfloat16 else x.dtype  # taps, bias and sums
+    g = g.to(acc).contiguous()
+    b = None if bias is None else bias.to(acc).contiguous()
     y = torch.empty([n, ho, wo, c], dtype=x.dtype)
     code = torch.empty([n, ho, wo, c], dtype=torch.uint8) if want_code else None
     mode, has_lo, has_hi, lo, hi, slope = 0, 0, 0, 0.0, 0.0, 1.0

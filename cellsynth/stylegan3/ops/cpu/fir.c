@@ -18,6 +18,10 @@
  * apply_code: y = g * table[code] (the backward of mode 1), elementwise.
  *
  * Work is split over output rows (n, jh) between `threads` POSIX threads.
+ *
+ * Storage types: float and double (accumulated in their own type), and bfloat16 (x, y and the
+ * gradients of apply_code in bf16, the taps, the bias and every sum in float32; one rounding per
+ * stored value), so bf16 mixed-precision networks never convert whole activations to float.
  */
 #include <math.h>
 #include <pthread.h>
@@ -65,7 +69,7 @@ static int clamp_threads(int threads, long units) {
     return threads;
 }
 
-#define DEFINE_FIR(T, SUFFIX, VT, IT, ITYPE, BT, LANES)                                            \
+#define DEFINE_FIR(S, T, SUFFIX, VT, IT, ITYPE, BT, LANES, LOADV, STOREV, LOADS, STORES)       \
     typedef T VT __attribute__((vector_size(sizeof(T) * LANES), aligned(sizeof(T))));           \
     typedef ITYPE IT __attribute__((vector_size(sizeof(T) * LANES)));                           \
     typedef uint8_t BT __attribute__((vector_size(LANES)));                                      \
@@ -73,8 +77,8 @@ static int clamp_threads(int threads, long units) {
         return (VT)(((IT)a & m) | ((IT)b & ~m));                                               \
     }                                                                                          \
     typedef struct {                                                                               \
-        const T *x;                                                                                \
-        T *y;                                                                                      \
+        const S *x;                                                                                \
+        S *y;                                                                                      \
         const T *g;                                                                                \
         const T *bias;                                                                             \
         uint8_t *code;                                                                             \
@@ -87,29 +91,29 @@ static int clamp_threads(int threads, long units) {
                                                                                                    \
     /* Finish channels [c0, c0 + len) of one output pixel: bias, activation, store. */            \
     static inline void finish_##SUFFIX(const job_##SUFFIX *jb, T *acc, long c0, long len,         \
-                                       T wsum, T *yp, uint8_t *cp) {                               \
+                                       T wsum, S *yp, uint8_t *cp) {                               \
         if (jb->bias)                                                                              \
             for (long c = 0; c < len; c++) acc[c] += wsum * jb->bias[c0 + c];                      \
         if (jb->mode == 1) {                                                                       \
             const T lo = jb->lo, hi = jb->hi, s = jb->slope;                                       \
-            T *restrict out = yp + c0;                                                             \
+            S *restrict out = yp + c0;                                                             \
             if (cp) {                                                                              \
                 uint8_t *restrict kp = cp + c0;                                                    \
                 for (long c = 0; c < len; c++) {                                                   \
                     const T v = acc[c];                                                            \
                     const T u = v < lo ? lo : (v > hi ? hi : v);                                   \
                     kp[c] = (v < lo || v > hi) ? 2 : (v > 0 ? 1 : 0);                              \
-                    out[c] = u > 0 ? u : u * s;                                                    \
+                    STORES(out + c, u > 0 ? u : u * s);                                            \
                 }                                                                                  \
             } else {                                                                               \
                 for (long c = 0; c < len; c++) {                                                   \
                     const T v = acc[c];                                                            \
                     const T u = v < lo ? lo : (v > hi ? hi : v);                                   \
-                    out[c] = u > 0 ? u : u * s;                                                    \
+                    STORES(out + c, u > 0 ? u : u * s);                                            \
                 }                                                                                  \
             }                                                                                      \
         } else {                                                                                   \
-            memcpy(yp + c0, acc, sizeof(T) * (size_t)len);                                         \
+            for (long c = 0; c < len; c++) STORES(yp + c0 + c, acc[c]);                            \
         }                                                                                          \
     }                                                                                              \
                                                                                                    \
@@ -118,7 +122,7 @@ static int clamp_threads(int threads, long units) {
         const long C = jb->c, H = jb->ay.len, W = jb->ax.len;                                      \
         const long Ho = jb->ay.out_len, Wo = jb->ax.out_len, KW = jb->ax.taps;                     \
         const long ntaps = (long)jb->ay.taps * KW;                                                 \
-        const T **src = (const T **)malloc(sizeof(T *) * (size_t)ntaps);                           \
+        const S **src = (const S **)malloc(sizeof(S *) * (size_t)ntaps);                           \
         T *wt = (T *)malloc(sizeof(T) * (size_t)ntaps);                                            \
         if (!src || !wt) {                                                                         \
             free(src);                                                                             \
@@ -131,7 +135,7 @@ static int clamp_threads(int threads, long units) {
             const long n = row / Ho, jh = row % Ho;                                                \
             long ih0, ih1;                                                                         \
             axis_range(&jb->ay, jh, &ih0, &ih1);                                                   \
-            T *yrow = jb->y + (n * Ho + jh) * Wo * C;                                              \
+            S *yrow = jb->y + (n * Ho + jh) * Wo * C;                                              \
             uint8_t *crow = jb->code ? jb->code + (n * Ho + jh) * Wo * C : NULL;                   \
             for (long jw = 0; jw < Wo; jw++) {                                                     \
                 long iw0, iw1, nt = 0;                                                             \
@@ -139,7 +143,7 @@ static int clamp_threads(int threads, long units) {
                 T wsum = 0;                                                                        \
                 for (long ih = ih0; ih < ih1; ih++) {                                              \
                     const long kh = ih * jb->ay.up + jb->ay.pad0 - jh * jb->ay.down;               \
-                    const T *xrow = jb->x + ((n * H + ih) * W) * C;                                \
+                    const S *xrow = jb->x + ((n * H + ih) * W) * C;                                \
                     for (long iw = iw0; iw < iw1; iw++) {                                          \
                         const T w = jb->g[kh * KW + iw * jb->ax.up + jb->ax.pad0 - jw * jb->ax.down]; \
                         src[nt] = xrow + iw * C;                                                   \
@@ -147,15 +151,15 @@ static int clamp_threads(int threads, long units) {
                         wsum += w;                                                                 \
                     }                                                                              \
                 }                                                                                  \
-                T *yp = yrow + jw * C;                                                             \
+                S *yp = yrow + jw * C;                                                             \
                 uint8_t *cp = crow ? crow + jw * C : NULL;                                         \
                 long c0 = 0;                                                                       \
                 for (; c0 + LANES * BLOCK <= C; c0 += LANES * BLOCK) {                             \
                     for (int b = 0; b < BLOCK; b++) acc[b] = (VT){0};                              \
                     for (long t = 0; t < nt; t++) {                                                \
-                        const T *p = src[t] + c0;                                                  \
+                        const S *p = src[t] + c0;                                                  \
                         const T w = wt[t];                                                         \
-                        for (int b = 0; b < BLOCK; b++) acc[b] += w * *(const VT *)(p + b * LANES); \
+                        for (int b = 0; b < BLOCK; b++) acc[b] += w * LOADV(p + b * LANES);        \
                     }                                                                              \
                     for (int b = 0; b < BLOCK; b++) {                                              \
                         const long cb = c0 + b * LANES;                                            \
@@ -174,12 +178,12 @@ static int clamp_threads(int threads, long units) {
                                 memcpy(cp + cb, &kb, LANES);                                       \
                             }                                                                      \
                         }                                                                          \
-                        *(VT *)(yp + cb) = v;                                                      \
+                        STOREV(yp + cb, v);                                                        \
                     }                                                                              \
                 }                                                                                  \
                 for (; c0 + LANES <= C; c0 += LANES) {                                             \
                     VT a = {0};                                                                    \
-                    for (long t = 0; t < nt; t++) a += wt[t] * *(const VT *)(src[t] + c0);         \
+                    for (long t = 0; t < nt; t++) a += wt[t] * LOADV(src[t] + c0);                 \
                     memcpy(tail, &a, sizeof(a));                                                   \
                     finish_##SUFFIX(jb, tail, c0, LANES, wsum, yp, cp);                            \
                 }                                                                                  \
@@ -187,7 +191,7 @@ static int clamp_threads(int threads, long units) {
                     const long len = C - c0;                                                       \
                     for (long c = 0; c < len; c++) tail[c] = 0;                                    \
                     for (long t = 0; t < nt; t++)                                                  \
-                        for (long c = 0; c < len; c++) tail[c] += wt[t] * src[t][c0 + c];          \
+                        for (long c = 0; c < len; c++) tail[c] += wt[t] * LOADS(src[t] + c0 + c);  \
                     finish_##SUFFIX(jb, tail, c0, len, wsum, yp, cp);                              \
                 }                                                                                  \
             }                                                                                      \
@@ -198,7 +202,7 @@ static int clamp_threads(int threads, long units) {
         return NULL;                                                                               \
     }                                                                                              \
                                                                                                    \
-    int fir2d_##SUFFIX(const T *x, T *y, const T *g, const T *bias, uint8_t *code, long n,         \
+    int fir2d_##SUFFIX(const S *x, S *y, const T *g, const T *bias, uint8_t *code, long n,         \
                        long c, const int *yaxis, const int *xaxis, int mode, int has_lo,           \
                        int has_hi, double lo, double hi, double slope, int threads) {              \
         job_##SUFFIX jobs[MAX_THREADS];                                                            \
@@ -220,25 +224,25 @@ static int clamp_threads(int threads, long units) {
     }                                                                                              \
                                                                                                    \
     typedef struct {                                                                               \
-        const T *grad;                                                                             \
+        const S *grad;                                                                             \
         const uint8_t *code;                                                                       \
-        T *out;                                                                                    \
+        S *out;                                                                                    \
         long i0, i1;                                                                               \
         T v0, v1, v2;                                                                              \
     } code_job_##SUFFIX;                                                                           \
                                                                                                    \
     static void *apply_code_part_##SUFFIX(void *arg) {                                             \
         const code_job_##SUFFIX *jb = (const code_job_##SUFFIX *)arg;                              \
-        const T *restrict g = jb->grad;                                                            \
+        const S *restrict g = jb->grad;                                                            \
         const uint8_t *restrict k = jb->code;                                                      \
-        T *restrict o = jb->out;                                                                   \
+        S *restrict o = jb->out;                                                                   \
         const T v0 = jb->v0, v1 = jb->v1, v2 = jb->v2;                                             \
         for (long i = jb->i0; i < jb->i1; i++)                                                     \
-            o[i] = g[i] * (k[i] == 1 ? v1 : (k[i] == 0 ? v0 : v2));                                \
+            STORES(o + i, LOADS(g + i) * (k[i] == 1 ? v1 : (k[i] == 0 ? v0 : v2)));                \
         return NULL;                                                                               \
     }                                                                                              \
                                                                                                    \
-    void apply_code_##SUFFIX(const T *grad, const uint8_t *code, T *out, long count, double t0,    \
+    void apply_code_##SUFFIX(const S *grad, const uint8_t *code, S *out, long count, double t0,    \
                              double t1, double t2, int threads) {                                  \
         code_job_##SUFFIX jobs[MAX_THREADS];                                                       \
         threads = clamp_threads(threads, count / 65536); /* small passes: one thread */            \
@@ -250,8 +254,56 @@ static int clamp_threads(int threads, long units) {
         run_jobs(apply_code_part_##SUFFIX, (char *)jobs, sizeof(jobs[0]), threads);               \
     }
 
-DEFINE_FIR(float, f32, vf32_t, vi32_t, int32_t, vb16_t, 16)
-DEFINE_FIR(double, f64, vf64_t, vi64_t, int64_t, vb8_t, 8)
+/* Plain float / double storage: loads and stores are the accumulator type itself. */
+#define LOADV_F32(p) (*(const vf32_t *)(p))
+#define STOREV_F32(p, v) (*(vf32_t *)(p) = (v))
+#define LOADV_F64(p) (*(const vf64_t *)(p))
+#define STOREV_F64(p, v) (*(vf64_t *)(p) = (v))
+#define LOADS_SAME(p) (*(p))
+#define STORES_SAME(p, v) (*(p) = (v))
+
+DEFINE_FIR(float, float, f32, vf32_t, vi32_t, int32_t, vb16_t, 16, LOADV_F32, STOREV_F32,
+           LOADS_SAME, STORES_SAME)
+DEFINE_FIR(double, double, f64, vf64_t, vi64_t, int64_t, vb8_t, 8, LOADV_F64, STOREV_F64,
+           LOADS_SAME, STORES_SAME)
+
+/* bfloat16 storage (the upper 16 bits of an IEEE float), float32 accumulation: a load widens
+ * exactly (bits << 16); a store rounds to nearest, ties to even, and keeps NaNs quiet NaNs. */
+typedef uint16_t vbf16_t __attribute__((vector_size(32), aligned(2)));
+typedef uint32_t vu32_t __attribute__((vector_size(64)));
+
+static inline float bf16_load(const uint16_t *p) {
+    uint32_t u = (uint32_t)*p << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+static inline void bf16_store(uint16_t *p, float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    *p = f != f ? (uint16_t)((u >> 16) | 0x40) : (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+static inline vf32_t bf16_loadv(const uint16_t *p) {
+    vbf16_t h;
+    memcpy(&h, p, sizeof h);
+    vu32_t u = __builtin_convertvector(h, vu32_t) << 16;
+    vf32_t f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+static inline void bf16_storev(uint16_t *p, vf32_t f) {
+    vu32_t u;
+    memcpy(&u, &f, sizeof u);
+    const vu32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    const vi32_t nan = f != f;
+    const vu32_t quiet = (u >> 16) | 0x40u;
+    const vu32_t r = (vu32_t)(((vi32_t)quiet & nan) | ((vi32_t)rounded & ~nan));
+    const vbf16_t h = __builtin_convertvector(r, vbf16_t);
+    memcpy(p, &h, sizeof h);
+}
+
+DEFINE_FIR(uint16_t, float, bf16, vf32b_t, vi32b_t, int32_t, vb16b_t, 16, bf16_loadv, bf16_storev,
+           bf16_load, bf16_store)
 
 /* ABI version, checked by the loader. */
-int cellsynth_fir_version(void) { return 2; }
+int cellsynth_fir_version(void) { return 3; }

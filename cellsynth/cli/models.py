@@ -1,0 +1,103 @@
+"""``cellsynth models``: the shipped pretrained models, their cards, and weights-only exports.
+
+``cellsynth models`` lists every shipped model (name, kind, size, the card's headline figures);
+``models show NAME`` prints its card; ``models verify`` checks every file against its card's
+sha256; ``models export`` writes a weights-only copy of a training checkpoint (what is shipped).
+A shipped name works wherever a checkpoint path does (``--network``, ``stylegan3:NAME``,
+``pix2pixhd:NAME``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from cellsynth.errors import CellsynthError
+
+# what a weights-only export keeps of each kind's training checkpoint
+EXPORT_KEEP = {"stylegan3": ("G_ema",), "pix2pixhd": ("G",)}
+
+
+@click.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@click.pass_context
+def models(ctx, as_json):
+    """Shipped pretrained models (a name works wherever a checkpoint path does)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from cellsynth import models as registry
+
+    rows = registry.shipped()
+    if as_json:
+        out = [
+            {
+                "name": m.name,
+                "kind": m.kind,
+                "file": str(m.path),
+                "bytes": m.bytes,
+                "sha256": m.sha256,
+                "card": str(m.card),
+                "summary": m.info.get("summary", ""),
+            }
+            for m in rows
+        ]
+        click.echo(json.dumps(out, indent=2))
+        return
+    if not rows:
+        click.echo("no shipped models")
+        return
+    for m in rows:
+        use = f"{m.kind}:{m.name}" if m.kind == "pix2pixhd" else m.name
+        click.echo(f"{m.name:<18} {m.kind:<10} {m.bytes / 1e6:6.1f} MB  use as: {use}")
+        if m.info.get("summary"):
+            click.echo(f"  {m.info['summary']}")
+    click.echo("cards: cellsynth models show NAME")
+
+
+@models.command()
+@click.argument("name")
+def show(name):
+    """Print the model card of NAME."""
+    from cellsynth import models as registry
+
+    found = [m for m in registry.shipped() if m.name == name]
+    if not found:
+        known = sorted({m.name for m in registry.shipped()}) or ["none"]
+        raise CellsynthError(f"no shipped model named {name!r} (shipped: {', '.join(known)})")
+    click.echo(found[0].card.read_text())
+
+
+@models.command()
+def verify():
+    """Check every shipped file's size and sha256 against its card."""
+    from cellsynth import models as registry
+
+    rows = registry.shipped()
+    for m in rows:
+        registry.verify(m)
+        click.echo(f"ok  {m.kind}:{m.name}  {m.path.name}  sha256 {m.sha256[:16]}")
+    click.echo(f"{len(rows)} shipped file(s) match their cards")
+
+
+@models.command()
+@click.option("--kind", required=True, type=click.Choice(sorted(EXPORT_KEEP)))
+@click.option("--checkpoint", required=True, type=click.Path(), help="Training checkpoint.")
+@click.option("--out", required=True, type=click.Path(), help="Weights-only file to write.")
+@click.option("--fp32", is_flag=True, help="Keep float32 storage (default: fp16).")
+def export(kind, checkpoint, out, fp32):
+    """Write a weights-only copy of a training checkpoint (generator only, fp16 storage)."""
+    from cellsynth import models as registry
+    from cellsynth.atomic import file_sha256
+
+    if kind == "pix2pixhd":
+        from cellsynth.pix2pixhd.checkpoints import resolve_checkpoint
+
+        checkpoint = resolve_checkpoint(checkpoint)
+    path = registry.export_weights(checkpoint, out, EXPORT_KEEP[kind], kind, half=not fp32)
+    click.echo(
+        json.dumps(
+            {"file": str(path), "bytes": path.stat().st_size, "sha256": file_sha256(path)},
+            indent=2,
+        )
+    )

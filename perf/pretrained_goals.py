@@ -1,0 +1,243 @@
+"""The goal figures of the shipped DSB2018 nuclei models, measured on the held-out test split.
+
+    OMP_NUM_THREADS=2 python perf/pretrained_goals.py [--masks dsb2018-nuclei]
+        [--images dsb2018-nuclei] [--num 1000] [--data ../shared/data/dsb2018-fluo]
+        [--skip-masks] [--skip-images] [--grid-dir DIR]
+
+Prints one JSON object. Masks: ``--num`` generated tiles decoded to instances against the real
+test tiles at the generator's scale (the tiles ``dataset pack`` makes from the test split:
+``--tile`` px crops, no overlap, empty tiles skipped, nearest-neighbour down to the generator's
+resolution), with the same figures between the real train and test tiles as the reference:
+objects per tile, mean area, the fraction of nuclei touching another one, and each normalised
+Wasserstein-1 morphology distance of the realism measure, with its ratio to the train-vs-test
+reference (goal <= 1.2). Images: every real test mask translated to an image; the fixed probe
+(the classical segmenter with its default options) scores pooled AP@0.5 on the translated and
+on the real images of the same masks (goal >= 95 %); per-nucleus mean intensity and per-image
+background intensity as distributions against the real test images, with the real train images
+as the reference distance (goal <= 1.2x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_split(root: Path, split: str):
+    from cellsynth.datasets.canonical import CanonicalDataset
+
+    ds = CanonicalDataset(root / split)
+    return [ds[i] for i in range(len(ds))]
+
+
+def label_tiles(samples, res: int, tile: int) -> list[np.ndarray]:
+    from cellsynth.tools.codec import transform_labels
+
+    out = []
+    for s in samples:
+        for _, small in transform_labels(s.labels, res, "tiles", tile, tile, False):
+            out.append(np.asarray(small))
+    return out
+
+
+def touching_fraction(labels_list) -> float:
+    """Fraction of objects with a pixel 8-adjacent to a pixel of another object."""
+    from cellsynth.tools.labels import touching_objects
+
+    total = touching = 0
+    for lab in labels_list:
+        n = int(lab.max(initial=0))
+        if n == 0:
+            continue
+        ids = np.unique(lab[lab > 0])
+        total += len(ids)
+        touching += len(touching_objects(lab))
+    return touching / total if total else 0.0
+
+
+def mask_figures(args, train, test) -> dict:
+    from cellsynth.stylegan3.generate import MaskGenerator
+    from cellsynth.stylegan3.metrics import realism
+
+    gen = MaskGenerator.load(args.masks)
+    res = gen.resolution
+    real_test = label_tiles(test, res, args.tile)
+    real_train = label_tiles(train, res, args.tile)
+    t0 = time.perf_counter()
+    fake = []
+    seeds = list(range(args.num))
+    for i in range(0, len(seeds), 50):
+        x = gen.generate(seeds[i : i + 50], batch=25)
+        fake += gen.decode(x, min_size=args.min_size)
+    gen_s = time.perf_counter() - t0
+    ref = realism(real_test, real_train)
+    got = realism(real_test, fake)
+    out = {
+        "generator": str(args.masks),
+        "resolution": res,
+        "scale": res / args.tile,
+        "precision": gen.config.get("precision"),
+        "num_generated": len(fake),
+        "num_real_test_tiles": len(real_test),
+        "num_real_train_tiles": len(real_train),
+        "generate_decode_s": round(gen_s, 1),
+        "decode_min_size": args.min_size,
+    }
+    out["objects_per_tile"] = {
+        "real_test": got["objects_per_image_real"],
+        "generated": got["objects_per_image_fake"],
+        "real_train": ref["objects_per_image_fake"],
+    }
+    out["mean_area"] = {
+        "real_test": got["mean_area_real"],
+        "generated": got["mean_area_fake"],
+        "real_train": ref["mean_area_fake"],
+    }
+    out["touching_fraction"] = {
+        "real_test": touching_fraction(real_test),
+        "generated": touching_fraction(fake),
+        "real_train": touching_fraction(real_train),
+    }
+    goals = {}
+    for key in ("objects_per_tile", "mean_area", "touching_fraction"):
+        real, g = out[key]["real_test"], out[key]["generated"]
+        rel = abs(g - real) / real if real else float("inf")
+        out[key]["rel_diff"] = round(rel, 3)
+        goals[key] = bool(rel <= (0.25 if key == "touching_fraction" else 0.15))
+    w1 = {}
+    for f in ("area", "perimeter", "eccentricity", "solidity", "count"):
+        g, r = got[f"w1_{f}"], ref[f"w1_{f}"]
+        ratio = None if g is None or not r else g / r
+        w1[f] = {"generated": g, "train_ref": r, "ratio": ratio}
+        goals[f"w1_{f}"] = bool(ratio is not None and ratio <= 1.2)
+    out["w1"] = w1
+    out["goals_met"] = goals
+    return out
+
+
+def image_figures(args, train, test) -> dict:
+    from scipy.stats import wasserstein_distance
+
+    from cellsynth.benchmark.segmenters import make_segmenter
+    from cellsynth.benchmark.segmenters._fitting import pooled_ap50
+    from cellsynth.pix2pixhd.translator import Translator
+
+    tr = Translator.load(args.images)
+    t0 = time.perf_counter()
+    synth = []
+    for s in test:
+        lab = s.labels
+        synth.append(tr.translate((lab > 0).astype(np.uint8), lab.astype(np.uint16), seed=0))
+    tr_s = time.perf_counter() - t0
+
+    def gray(img):
+        img = np.asarray(img, dtype=np.float64)
+        return img if img.ndim == 2 else img[..., 0]
+
+    probe = make_segmenter("classical")
+    truth = [s.labels for s in test]
+    ap_real = pooled_ap50(truth, [probe.predict(gray(s.image)) for s in test])
+    ap_synth = pooled_ap50(truth, [probe.predict(gray(im)) for im in synth])
+
+    def intensities(pairs):
+        nuc, bg = [], []
+        for img, lab in pairs:
+            img = gray(img)
+            ids = lab.ravel()
+            sums = np.bincount(ids, weights=img.ravel())
+            cnt = np.bincount(ids)
+            nuc += list(sums[1:][cnt[1:] > 0] / cnt[1:][cnt[1:] > 0])
+            if (lab == 0).any():
+                bg.append(float(img[lab == 0].mean()))
+        return np.asarray(nuc), np.asarray(bg)
+
+    n_real, b_real = intensities([(s.image, s.labels) for s in test])
+    n_syn, b_syn = intensities(zip(synth, truth))
+    n_tr, b_tr = intensities([(s.image, s.labels) for s in train])
+    out = {
+        "translator": str(args.images),
+        "num_test_images": len(test),
+        "translate_s": round(tr_s, 1),
+        "probe": "classical (default options)",
+        "probe_ap50_real": round(ap_real, 4),
+        "probe_ap50_translated": round(ap_synth, 4),
+        "probe_ratio": round(ap_synth / ap_real, 4) if ap_real else None,
+    }
+    goals = {"probe_ratio": bool(ap_real and ap_synth / ap_real >= 0.95)}
+    for name, real, syn, ref in (
+        ("nucleus_mean_intensity", n_real, n_syn, n_tr),
+        ("background_intensity", b_real, b_syn, b_tr),
+    ):
+        d, r = wasserstein_distance(real, syn), wasserstein_distance(real, ref)
+        out[name] = {
+            "real_test_mean": round(float(real.mean()), 2),
+            "translated_mean": round(float(syn.mean()), 2),
+            "real_train_mean": round(float(ref.mean()), 2),
+            "w1_translated": round(float(d), 3),
+            "w1_train_ref": round(float(r), 3),
+            "ratio": round(float(d / r), 3) if r else None,
+        }
+        goals[name] = bool(r and d / r <= 1.2)
+    out["goals_met"] = goals
+    if args.grid_dir:
+        write_image_grid(Path(args.grid_dir) / "images_test_grid.png", test, synth)
+    return out
+
+
+def write_image_grid(path: Path, test, synth, n: int = 6, crop: int = 256) -> None:
+    """mask | real | translated, one row per test image (top-left crops)."""
+    from cellsynth.datasets.io import write_image
+
+    rows = []
+    for s, im in list(zip(test, synth))[:n]:
+        lab = s.labels[:crop, :crop]
+        real = np.asarray(s.image)[:crop, :crop]
+        syn = np.asarray(im)[:crop, :crop]
+        real = real if real.ndim == 2 else real[..., 0]
+        syn = syn if syn.ndim == 2 else syn[..., 0]
+        h, w = lab.shape
+        cells = [
+            np.where(lab > 0, 255, 0).astype(np.uint8),
+            real.astype(np.uint8),
+            syn.astype(np.uint8),
+        ]
+        row = np.zeros((crop, 3 * crop + 8), np.uint8)
+        for k, c in enumerate(cells):
+            row[:h, k * (crop + 4) : k * (crop + 4) + w] = c
+        rows.append(row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_image(path, np.concatenate(rows, axis=0))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--masks", default="dsb2018-nuclei")
+    ap.add_argument("--images", default="dsb2018-nuclei")
+    ap.add_argument("--data", default=str(ROOT.parent / "shared/data/dsb2018-fluo"))
+    ap.add_argument("--num", type=int, default=1000)
+    ap.add_argument("--tile", type=int, default=128, help="crop size before the down-scaling")
+    ap.add_argument("--min-size", type=int, default=0, help="decode: drop smaller objects")
+    ap.add_argument("--skip-masks", action="store_true")
+    ap.add_argument("--skip-images", action="store_true")
+    ap.add_argument("--grid-dir", default=None)
+    args = ap.parse_args()
+    from cellsynth.precision import cpu_kind
+
+    data = Path(args.data)
+    train, test = read_split(data, "train"), read_split(data, "test")
+    out = {"data": str(data), "cpu": cpu_kind()}
+    if not args.skip_masks:
+        out["masks"] = mask_figures(args, train, test)
+    if not args.skip_images:
+        out["images"] = image_figures(args, train, test)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
