@@ -17,6 +17,7 @@ and fp16, at the shapes of a stylegan3-t network at 256x256 with batch 32:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import time
@@ -114,6 +115,32 @@ def _bench(op_name, impl, fn_ref, fn_cuda, x, kw, device, warmup, iters):
     return round(ms, 4)
 
 
+def _time_impls(op, fn_cuda, x, kw, impls, device, args) -> dict:
+    """{IMPL_ms: milliseconds (None: out of memory)} of one case of the public ``op`` (run with
+    impl="ref") and its CUDA function ``fn_cuda``, for each of ``impls``."""
+    fn_ref = functools.partial(op, impl="ref")
+    return {
+        f"{impl}_ms": _bench(
+            op.__name__, impl, fn_ref, fn_cuda, x, kw, device, args.warmup, args.iters
+        )
+        for impl in impls
+    }
+
+
+def _totals(results, impls) -> dict:
+    """The summed times of each op and dtype, and their speed-up."""
+    totals = {}
+    for r in results:
+        key = f"{r['op']}/{r['dtype']}"
+        tot = totals.setdefault(key, {f"{i}_ms": 0.0 for i in impls})
+        for i in impls:
+            tot[f"{i}_ms"] = round(tot[f"{i}_ms"] + (r.get(f"{i}_ms") or 0.0), 4)
+    for tot in totals.values():
+        if tot.get("cuda_ms"):
+            tot["speedup"] = round(tot["ref_ms"] / tot["cuda_ms"], 2)
+    return totals
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=32)
@@ -169,19 +196,9 @@ def main(argv=None):
                 x = torch.randn(case["shape"], generator=gen).to(device=device, dtype=dtype)
                 b = torch.randn(case["shape"][1], generator=gen).to(device=device, dtype=dtype)
                 kw = dict(case["kw"], b=b)
-                t = {}
-                for impl in impls:
-                    t[f"{impl}_ms"] = _bench(
-                        "filtered_lrelu",
-                        impl,
-                        lambda x, **k: filtered_lrelu(x, impl="ref", **k),
-                        cuda_ops.filtered_lrelu_cuda,
-                        x,
-                        kw,
-                        device,
-                        args.warmup,
-                        args.iters,
-                    )
+                t = _time_impls(
+                    filtered_lrelu, cuda_ops.filtered_lrelu_cuda, x, kw, impls, device, args
+                )
                 record("filtered_lrelu", case["name"], case["shape"], dname, t)
                 del x
         if "upfirdn2d" in ops:
@@ -204,19 +221,7 @@ def main(argv=None):
                         f=lkw["fu"], up=lkw["up"], padding=lkw["padding"], gain=lkw["up"] ** 2
                     )
                 x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
-                t = {}
-                for impl in impls:
-                    t[f"{impl}_ms"] = _bench(
-                        "upfirdn2d",
-                        impl,
-                        lambda x, **k: upfirdn2d(x, impl="ref", **k),
-                        cuda_ops.upfirdn2d_cuda,
-                        x,
-                        kw,
-                        device,
-                        args.warmup,
-                        args.iters,
-                    )
+                t = _time_impls(upfirdn2d, cuda_ops.upfirdn2d_cuda, x, kw, impls, device, args)
                 record("upfirdn2d", name, shape, dname, t)
                 del x
         if "bias_act" in ops:
@@ -229,31 +234,11 @@ def main(argv=None):
                 x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
                 b = torch.randn(shape[1], generator=gen).to(device=device, dtype=torch.float32)
                 kw = dict(b=b, act="lrelu", clamp=256.0)
-                t = {}
-                for impl in impls:
-                    t[f"{impl}_ms"] = _bench(
-                        "bias_act",
-                        impl,
-                        lambda x, **k: bias_act(x, impl="ref", **k),
-                        cuda_ops.bias_act_cuda,
-                        x,
-                        kw,
-                        device,
-                        args.warmup,
-                        args.iters,
-                    )
+                t = _time_impls(bias_act, cuda_ops.bias_act_cuda, x, kw, impls, device, args)
                 record("bias_act", name, shape, dname, t)
                 del x
 
-    totals = {}
-    for r in results:
-        key = f"{r['op']}/{r['dtype']}"
-        tot = totals.setdefault(key, {f"{i}_ms": 0.0 for i in impls})
-        for i in impls:
-            tot[f"{i}_ms"] = round(tot[f"{i}_ms"] + (r.get(f"{i}_ms") or 0.0), 4)
-    for tot in totals.values():
-        if tot.get("cuda_ms"):
-            tot["speedup"] = round(tot["ref_ms"] / tot["cuda_ms"], 2)
+    totals = _totals(results, impls)
     out = dict(
         what="forward+backward time per call (ms), ref vs cuda, stylegan3-t layer shapes",
         device=torch.cuda.get_device_name(device) if has_cuda else platform.processor() or "cpu",

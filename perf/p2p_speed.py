@@ -2,6 +2,7 @@
 (global generator; the default ngf 64 and a small ngf 16), printed as JSON.
 
     OMP_NUM_THREADS=1 python perf/p2p_speed.py [--size 256] [--iters 3] [--threads 1]
+        [--ngf 32] [--n-down 3] [--fp16 both]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from cellsynth.pix2pixhd.options import Options
 from cellsynth.pix2pixhd.training_loop import Pix2PixHDModel
 from cellsynth.pix2pixhd.translator import Translator
+from cellsynth.precision import cpu_kind
 
 
 def synthetic_batch(size: int, seed: int = 0) -> dict:
@@ -36,9 +38,17 @@ def synthetic_batch(size: int, seed: int = 0) -> dict:
     }
 
 
-def measure(ngf: int, size: int, iters: int, device: torch.device) -> dict:
+def measure(
+    ngf: int, size: int, iters: int, device: torch.device, fp16: bool = False, n_down: int = 4
+) -> dict:
     opt = Options(
-        ngf=ngf, ndf=64 if ngf >= 64 else 32, label_nc=2, output_nc=1, no_vgg_loss=True
+        ngf=ngf,
+        ndf=64 if ngf >= 64 else 32,
+        n_downsample_global=n_down,
+        label_nc=2,
+        output_nc=1,
+        no_vgg_loss=True,
+        fp16=fp16,
     ).check()
     torch.manual_seed(0)
     model = Pix2PixHDModel(opt, device)
@@ -65,6 +75,9 @@ def measure(ngf: int, size: int, iters: int, device: torch.device) -> dict:
     return {
         "ngf": ngf,
         "ndf": opt.ndf,
+        "n_downsample_global": n_down,
+        "fp16": fp16,
+        "precision": {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(model.amp_dtype, "fp32"),
         "G_params": n_g,
         "D_params": n_d,
         "train_iter_per_s": round(1.0 / train_s, 4),
@@ -79,11 +92,23 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
     parser.add_argument("--ngf", type=int, nargs="+", default=[64, 16])
+    parser.add_argument("--n-down", type=int, default=4, help="n_downsample_global")
+    parser.add_argument(
+        "--fp16",
+        default="off",
+        choices=["off", "on", "both"],
+        help="--fp16 of the trainer (bf16 autocast on a bf16 CPU): off, on, or both side by side",
+    )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    results = [measure(n, args.size, args.iters, device) for n in args.ngf]
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.fp16]
+    results = [
+        measure(n, args.size, args.iters, device, fp16, args.n_down)
+        for n in args.ngf
+        for fp16 in modes
+    ]
     print(
         json.dumps(
             {
@@ -95,6 +120,7 @@ def main() -> None:
                 "cpu_count": os.cpu_count(),
                 "load_avg_1min": round(os.getloadavg()[0], 2),
                 "platform": platform.platform(),
+                "cpu": cpu_kind(),
                 "torch": torch.__version__,
                 "results": results,
             },

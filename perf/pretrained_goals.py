@@ -70,12 +70,15 @@ def mask_figures(args, train, test) -> dict:
     real_test = label_tiles(test, res, args.tile)
     real_train = label_tiles(train, res, args.tile)
     t0 = time.perf_counter()
-    fake = []
+    fake, first = [], None
     seeds = list(range(args.num))
     for i in range(0, len(seeds), 50):
         x = gen.generate(seeds[i : i + 50], batch=25)
+        first = gen.to_uint8(x[:16]) if first is None else first
         fake += gen.decode(x, min_size=args.min_size)
     gen_s = time.perf_counter() - t0
+    if args.grid_dir:
+        write_mask_grid(Path(args.grid_dir) / "masks_real_vs_generated.png", real_test, first)
     ref = realism(real_test, real_train)
     got = realism(real_test, fake)
     out = {
@@ -188,6 +191,34 @@ def image_figures(args, train, test) -> dict:
     if args.grid_dir:
         write_image_grid(Path(args.grid_dir) / "images_test_grid.png", test, synth)
     return out
+
+
+def write_mask_grid(path: Path, real_tiles, generated, n: int = 16, zoom: int = 3) -> None:
+    """Two blocks of n tiles, encoded as the generator sees them (R foreground, G boundary, B
+    distance): real test tiles on top (every len/n-th), generated tiles (seeds 0..n-1) below."""
+    from cellsynth.datasets.io import write_image
+    from cellsynth.tools.codec import encode_mask
+
+    step = max(1, len(real_tiles) // n)
+    real = [encode_mask(t, "fbd") for t in real_tiles[::step][:n]]
+    gen = [np.moveaxis(g, 0, -1) if g.shape[0] in (1, 3) else g for g in generated[:n]]
+    res = real[0].shape[0]
+    cols = 8
+
+    def block(tiles):
+        rows = []
+        for r in range(0, len(tiles), cols):
+            row = np.zeros((res, cols * (res + 2), 3), np.uint8)
+            for k, t in enumerate(tiles[r : r + cols]):
+                row[:, k * (res + 2) : k * (res + 2) + res] = t
+            rows.append(row)
+        return np.concatenate(rows, axis=0)
+
+    sep = np.full((4, cols * (res + 2), 3), 255, np.uint8)
+    grid = np.concatenate([block(real), sep, block(gen)], axis=0)
+    grid = grid.repeat(zoom, axis=0).repeat(zoom, axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_image(path, grid)
 
 
 def write_image_grid(path: Path, test, synth, n: int = 6, crop: int = 256) -> None:

@@ -81,6 +81,15 @@ def disks_sample(seed: int, size: int = 64, n: int = 6):
     return Sample(f"s{seed}", img, lab)
 
 
+def disks_dataset(root: Path, n: int):
+    """The ``train`` split of a canonical dataset of ``n`` :func:`disks_sample` written at
+    ``root``, opened (what the segmenter tests train on)."""
+    from cellsynth.datasets.canonical import CanonicalDataset, write_dataset
+
+    write_dataset(root, {"train": [disks_sample(i) for i in range(n)]})
+    return CanonicalDataset(root, "train")
+
+
 @pytest.fixture(scope="session")
 def tiny_masks_zip(tmp_path_factory) -> Path:
     """A masks zip of 8 random 32x32 fbd masks (:func:`make_masks_zip`)."""
@@ -260,3 +269,28 @@ def random_flrelu_cases(n, seed):
         clamp = None if rng.random() < 0.5 else 0.7
         cases.append((fu, fd, up, down, pad, h, w, gain, slope, clamp, bool(rng.random() < 0.3)))
     return cases
+
+
+def tiny_translator(tmp_path, output_nc=1, label_nc=2, name="p"):
+    """An untrained tiny Pix2PixHD generator saved as a checkpoint the translator loads."""
+    import torch
+
+    from cellsynth.pix2pixhd.networks import build_generator
+    from cellsynth.pix2pixhd.options import Options
+    from cellsynth.training.checkpoint import save_checkpoint
+
+    opt = Options(
+        ngf=8,
+        n_blocks_global=1,
+        n_downsample_global=2,
+        label_nc=label_nc,
+        output_nc=output_nc,
+        resize_or_crop="none",
+    ).check()
+    torch.manual_seed(0)
+    gen = build_generator(opt)
+    path = tmp_path / f"{name}.pt"
+    save_checkpoint(
+        path, {"G": gen.state_dict()}, "pix2pixhd", {"opt": opt.to_dict(), "size": [32, 32]}
+    )
+    return path

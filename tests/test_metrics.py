@@ -149,6 +149,19 @@ def perturbed(rng, labels):
     return relabel_sequential(p)[0]
 
 
+def _assert_same_as_cellpose(cp_metrics, trues, preds, th):
+    """Our average precision (with its TP/FP/FN) and AJI equal Cellpose's on the same masks."""
+    ours = metrics.average_precision(trues, preds, th)
+    theirs = cp_metrics.average_precision(trues, preds, threshold=th)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    np.testing.assert_allclose(
+        metrics.aggregated_jaccard_index(trues, preds),
+        cp_metrics.aggregated_jaccard_index(trues, preds),
+        rtol=1e-12,
+    )
+
+
 def test_equals_cellpose_on_random_masks():
     cp_metrics = pytest.importorskip("cellpose.metrics")
     rng = np.random.default_rng(1)
@@ -162,15 +175,7 @@ def test_equals_cellpose_on_random_masks():
             p = random_labels(rng, (48, 64), int(rng.integers(1, 40)), int(rng.integers(2, 8)))
         trues.append(t)
         preds.append(p)
-    ours = metrics.average_precision(trues, preds, th)
-    theirs = cp_metrics.average_precision(trues, preds, threshold=th)
-    for a, b in zip(ours, theirs):
-        np.testing.assert_allclose(a, b, rtol=1e-6)
-    np.testing.assert_allclose(
-        metrics.aggregated_jaccard_index(trues, preds),
-        cp_metrics.aggregated_jaccard_index(trues, preds),
-        rtol=1e-12,
-    )
+    _assert_same_as_cellpose(cp_metrics, trues, preds, th)
 
 
 def test_equals_cellpose_on_real_masks(dsb2018_dir):
@@ -182,15 +187,7 @@ def test_equals_cellpose_on_real_masks(dsb2018_dir):
     trues = [relabel_sequential(read_labels(f))[0] for f in files]
     preds = [perturbed(rng, t) for t in trues]
     th = list(metrics.AP_THRESHOLDS)
-    ours = metrics.average_precision(trues, preds, th)
-    theirs = cp_metrics.average_precision(trues, preds, threshold=th)
-    for a, b in zip(ours, theirs):
-        np.testing.assert_allclose(a, b, rtol=1e-6)
-    np.testing.assert_allclose(
-        metrics.aggregated_jaccard_index(trues, preds),
-        cp_metrics.aggregated_jaccard_index(trues, preds),
-        rtol=1e-12,
-    )
+    _assert_same_as_cellpose(cp_metrics, trues, preds, th)
 
 
 def test_bad_input():

@@ -195,76 +195,29 @@ def test_bad_input_leaves_nothing(canon, tmp_path, case, match):
         assert not pdest.exists() and not list(tmp_path.glob(".pairs*"))
 
 
-def test_cli_pack_and_errors(canon, tmp_path, capsys):
+def _pack_cli(kind, source, dest, *extra):
+    """``cellsynth dataset pack --kind KIND --source SOURCE --dest DEST EXTRA...``, in-process."""
     from cellsynth.cli import main
 
+    main(["dataset", "pack", "--kind", kind, "--source", str(source), "--dest", str(dest), *extra])
+
+
+def test_cli_pack_and_errors(canon, tmp_path, capsys):
     dest = tmp_path / "cli.zip"
-    main(
-        [
-            "dataset",
-            "pack",
-            "--kind",
-            "masks",
-            "--source",
-            str(canon),
-            "--dest",
-            str(dest),
-            "--resolution",
-            "16",
-            "--no-progress",
-        ]
-    )
+    _pack_cli("masks", canon, dest, "--resolution", "16", "--no-progress")
     out = json.loads(capsys.readouterr().out)
     assert out["items"] == 3 and len(MaskZipDataset(dest)) == 3
     bad = tmp_path / "bad.zip"
     with pytest.raises(SystemExit) as exc:
-        main(
-            [
-                "dataset",
-                "pack",
-                "--kind",
-                "masks",
-                "--source",
-                str(canon),
-                "--dest",
-                str(bad),
-                "--resolution",
-                "100",
-            ]
-        )
+        _pack_cli("masks", canon, bad, "--resolution", "100")
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "power of two" in err and "\n" not in err
     assert not bad.exists()
     with pytest.raises(SystemExit) as exc:
-        main(
-            [
-                "dataset",
-                "pack",
-                "--kind",
-                "pairs",
-                "--source",
-                str(canon),
-                "--dest",
-                str(tmp_path / "p"),
-            ]
-        )
+        _pack_cli("pairs", canon, tmp_path / "p")
     assert exc.value.code == 2 and "--size" in capsys.readouterr().err
-    main(
-        [
-            "dataset",
-            "pack",
-            "--kind",
-            "pairs",
-            "--source",
-            str(canon),
-            "--dest",
-            str(tmp_path / "p"),
-            "--size",
-            "16x24",
-            "--no-progress",
-        ]
-    )
+    _pack_cli("pairs", canon, tmp_path / "p", "--size", "16x24", "--no-progress")
     assert PairsDataset(tmp_path / "p", "train")[0]["image"].shape == (16, 24)
 
 

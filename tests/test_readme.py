@@ -75,6 +75,7 @@ TINY = [
     ),
     ("pix2pixhd test", ["--how_many", "1", "--no-progress"]),
     ("synth", ["--seeds", "0-1", "--no-progress"]),
+    ("models", []),  # lists and prints cards only
     (
         "benchmark run",
         [

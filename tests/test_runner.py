@@ -204,25 +204,20 @@ def test_bad_input(tiny, tmp_path):
         check_prediction([[0]], image, "x")
 
 
+def _run_cli(test, out, *extra):
+    """``cellsynth benchmark run --test TEST --out OUT EXTRA...``, in-process."""
+    from cellsynth.cli import main
+
+    main(["benchmark", "run", "--test", str(test), "--out", str(out), *map(str, extra)])
+
+
 def test_cli(tiny, tmp_path, capsys):
     from cellsynth.cli import main
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("segmenters:\n  classical:\n    options: {tune: false}\nmax_images: 2\n")
     out = tmp_path / "cli"
-    main(
-        [
-            "benchmark",
-            "run",
-            "--test",
-            str(tiny),
-            "--out",
-            str(out),
-            "--config",
-            str(cfg),
-            "--quiet",
-        ]
-    )
+    _run_cli(tiny, out, "--config", cfg, "--quiet")
     text = capsys.readouterr().out
     assert "classical" in text and "tiny-test" in text
     saved = json.loads((out / "results.json").read_text())
@@ -231,37 +226,14 @@ def test_cli(tiny, tmp_path, capsys):
     main(["benchmark", "report", str(out)])
     assert "report.html" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exc:
-        main(
-            [
-                "benchmark",
-                "run",
-                "--test",
-                str(tiny),
-                "--out",
-                str(tmp_path / "z"),
-                "--segmenters",
-                "classical,nosuchseg",
-                "--quiet",
-            ]
-        )
+        _run_cli(tiny, tmp_path / "z", "--segmenters", "classical,nosuchseg", "--quiet")
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown segmenter 'nosuchseg'") and err.count("\n") == 1
     bad = tmp_path / "bad.yaml"
     bad.write_text("segmenterz: {}\n")
     with pytest.raises(SystemExit) as exc:
-        main(
-            [
-                "benchmark",
-                "run",
-                "--test",
-                str(tiny),
-                "--out",
-                str(tmp_path / "z"),
-                "--config",
-                str(bad),
-            ]
-        )
+        _run_cli(tiny, tmp_path / "z", "--config", bad)
     assert exc.value.code == 2 and "unknown config key" in capsys.readouterr().err
     main(["benchmark", "list"])
     assert "classical" in capsys.readouterr().out

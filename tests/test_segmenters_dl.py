@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import disks_labels, disks_sample  # noqa: E402
+from conftest import disks_dataset, disks_labels, disks_sample  # noqa: E402
 
 from cellsynth.benchmark.segmenters import make_segmenter  # noqa: E402
 from cellsynth.benchmark.segmenters._instances import (  # noqa: E402
@@ -26,7 +26,6 @@ from cellsynth.benchmark.segmenters._torchutil import (  # noqa: E402
     random_crop,
     random_flip_rot,
 )
-from cellsynth.datasets.canonical import CanonicalDataset, write_dataset  # noqa: E402
 from cellsynth.errors import CellsynthError  # noqa: E402
 
 TINY = {
@@ -51,9 +50,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny") / "ds"
-    write_dataset(root, {"train": [disks_sample(i) for i in range(4)]})
-    return CanonicalDataset(root, "train")
+    return disks_dataset(tmp_path_factory.mktemp("tiny") / "ds", 4)
 
 
 def check_labels_valid(lab, shape):

@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import disks_sample  # noqa: E402
+from conftest import disks_dataset  # noqa: E402
 
 from cellsynth import precision as precision_mod  # noqa: E402
 from cellsynth.benchmark.segmenters import _fitting, make_segmenter  # noqa: E402
@@ -22,7 +22,6 @@ from cellsynth.benchmark.segmenters._fitting import (  # noqa: E402
     split_validation,
     tune_params,
 )
-from cellsynth.datasets.canonical import CanonicalDataset, write_dataset  # noqa: E402
 from cellsynth.errors import CellsynthError  # noqa: E402
 
 TINY = {
@@ -47,9 +46,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def disks(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fit") / "ds"
-    write_dataset(root, {"train": [disks_sample(i) for i in range(10)]})
-    return CanonicalDataset(root, "train")
+    return disks_dataset(tmp_path_factory.mktemp("fit") / "ds", 10)
 
 
 # --- the pieces --------------------------------------------------------------------------------

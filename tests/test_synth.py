@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_translator
 
 from cellsynth.datasets import CanonicalDataset, read_image, read_labels
 from cellsynth.datasets.simulate import simulate_dataset, simulate_labels
@@ -303,27 +304,7 @@ def _tiny_gan(tmp_path, channels=3, encoding="fbd", c_dim=0):
 
 def _tiny_translator(tmp_path, output_nc=1, label_nc=2, name="p"):
     pytest.importorskip("cellsynth.pix2pixhd.translator", reason="pix2pixhd not built")
-    import torch
-
-    from cellsynth.pix2pixhd.networks import build_generator
-    from cellsynth.pix2pixhd.options import Options
-    from cellsynth.training.checkpoint import save_checkpoint
-
-    opt = Options(
-        ngf=8,
-        n_blocks_global=1,
-        n_downsample_global=2,
-        label_nc=label_nc,
-        output_nc=output_nc,
-        resize_or_crop="none",
-    ).check()
-    torch.manual_seed(0)
-    gen = build_generator(opt)
-    path = tmp_path / f"{name}.pt"
-    save_checkpoint(
-        path, {"G": gen.state_dict()}, "pix2pixhd", {"opt": opt.to_dict(), "size": [32, 32]}
-    )
-    return path
+    return tiny_translator(tmp_path, output_nc, label_nc, name)
 
 
 def test_gan_sources(tmp_path, one_thread):

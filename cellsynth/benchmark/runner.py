@@ -277,14 +277,50 @@ def _sample_indices(n: int, k: int) -> list[int]:
     return sorted({int(round(i)) for i in np.linspace(0, n - 1, min(k, n))})
 
 
+def _new_dataset_result() -> dict:
+    return {"status": "ok", "error": None, "predict_s": 0.0, "images": [], "summary": None}
+
+
+def _score_test_set(seg, name, tag, dkey, ds, tmp, n_samples, progress, fail) -> dict:
+    """Predict and score every image of test set ``dkey`` with segmenter ``name`` (``tag``: see
+    :func:`_run_one`); the first failure, reported by ``fail(stage, exc) -> line``, ends it. The
+    predictions of ``n_samples`` images spread over the set go to ``tmp/samples``."""
+    from tqdm import tqdm
+
+    dres = _new_dataset_result()
+    show = set(_sample_indices(len(ds), n_samples))
+    desc = f"{name}{tag} on {dkey}"
+    bar = tqdm(range(len(ds)), desc=desc, disable=not progress, leave=False)
+    for i in bar:
+        sample = ds[i]
+        where = f"{name} on {dkey}/{sample.name}"
+        try:
+            t0 = time.perf_counter()
+            pred = seg.predict(sample.image)
+            elapsed = time.perf_counter() - t0
+            pred = check_prediction(pred, sample.image, where)
+        except Exception as exc:
+            line = fail(f"predict {dkey}/{sample.name}", exc)
+            dres.update(status="failed", error=line)
+            break
+        row = metrics.image_metrics(sample.labels, pred)
+        row.update(name=sample.name, predict_s=elapsed)
+        dres["images"].append(row)
+        dres["predict_s"] += elapsed
+        if i in show:
+            write_labels(tmp / "samples" / f"{name}{tag}" / dkey / f"{sample.name}.tif", pred)
+    if dres["status"] == "ok" and dres["images"]:
+        dres["summary"] = metrics.summarize(dres["images"])
+        dres["predict_s_per_image"] = dres["predict_s"] / len(dres["images"])
+    return dres
+
+
 def _run_one(
     name, opts, budget, train, train_fp, tests, tmp, cache_dir, progress, n_samples, tag=""
 ):
     """Train/load, predict and score one segmenter; returns its result dict (never raises for
     the segmenter's own errors). ``tag`` is appended to the segmenter's name in the folders it
     writes (work/, samples/, logs/), so a second training of the same segmenter keeps apart."""
-    from tqdm import tqdm
-
     res = {
         "status": "ok",
         "error": None,
@@ -368,35 +404,12 @@ def _run_one(
         info = getattr(seg, "info", None)
         res["training"] = _clean(dict(info)) if isinstance(info, dict) and info else None
     for dkey, ds in tests.items():
-        dres = {"status": "ok", "error": None, "predict_s": 0.0, "images": [], "summary": None}
-        res["datasets"][dkey] = dres
         if seg is None:
+            dres = _new_dataset_result()
             dres.update(status="failed", error=res["error"])
-            continue
-        show = set(_sample_indices(len(ds), n_samples))
-        desc = f"{name}{tag} on {dkey}"
-        bar = tqdm(range(len(ds)), desc=desc, disable=not progress, leave=False)
-        for i in bar:
-            sample = ds[i]
-            where = f"{name} on {dkey}/{sample.name}"
-            try:
-                t0 = time.perf_counter()
-                pred = seg.predict(sample.image)
-                elapsed = time.perf_counter() - t0
-                pred = check_prediction(pred, sample.image, where)
-            except Exception as exc:
-                line = fail(f"predict {dkey}/{sample.name}", exc)
-                dres.update(status="failed", error=line)
-                break
-            row = metrics.image_metrics(sample.labels, pred)
-            row.update(name=sample.name, predict_s=elapsed)
-            dres["images"].append(row)
-            dres["predict_s"] += elapsed
-            if i in show:
-                write_labels(tmp / "samples" / f"{name}{tag}" / dkey / f"{sample.name}.tif", pred)
-        if dres["status"] == "ok" and dres["images"]:
-            dres["summary"] = metrics.summarize(dres["images"])
-            dres["predict_s_per_image"] = dres["predict_s"] / len(dres["images"])
+        else:
+            dres = _score_test_set(seg, name, tag, dkey, ds, tmp, n_samples, progress, fail)
+        res["datasets"][dkey] = dres
     if log:
         write_text(tmp / "logs" / f"{name}{tag}.txt", "\n".join(log))
     return res
@@ -454,6 +467,47 @@ def write_csv(path: Path, results: dict) -> None:
     write_text(path, buf.getvalue())
 
 
+def _segmenter_names(segmenters, budgets: dict, options: dict) -> list[str]:
+    """The names to run (each known, none twice; budgets and options only for them)."""
+    names = [s.strip() for s in (segmenters if not isinstance(segmenters, str) else [segmenters])]
+    names = [s for s in names if s]
+    if not names:
+        raise CellsynthError("no segmenter given; pass --segmenters classical,cellpose,...")
+    if len(set(names)) != len(names):
+        raise CellsynthError(f"segmenter listed twice: {', '.join(names)}")
+    for name in names:
+        _resolve(name)  # unknown names fail here, before any work
+    for what, table in (("budget", budgets), ("options", options)):
+        extra = sorted(set(table) - set(names))
+        if extra:
+            raise CellsynthError(f"{what} given for segmenter(s) not being run: {', '.join(extra)}")
+    return names
+
+
+def _split_record(ds, fingerprint) -> dict:
+    """What results.json says of a training split."""
+    return {
+        "path": str(Path(ds.root).resolve()),
+        "n_images": len(ds),
+        "fingerprint": fingerprint,
+        "provenance": _provenance(Path(ds.root)),
+    }
+
+
+def _test_set_record(ds, synthetic_roots) -> dict:
+    """What results.json says of a test set (``synthetic`` when its root is one of
+    ``synthetic_roots``)."""
+    rec = {
+        "path": str(Path(ds.root).resolve()),
+        "n_images": len(ds),
+        "names": list(ds.names),
+        "provenance": _provenance(Path(ds.root)),
+    }
+    if Path(ds.root).resolve() in synthetic_roots:
+        rec["synthetic"] = True
+    return rec
+
+
 def run_benchmark(
     train_dir,
     test_dirs,
@@ -503,19 +557,8 @@ def run_benchmark(
 
     out = Path(out)
     check_writable(out, overwrite)
-    names = [s.strip() for s in (segmenters if not isinstance(segmenters, str) else [segmenters])]
-    names = [s for s in names if s]
-    if not names:
-        raise CellsynthError("no segmenter given; pass --segmenters classical,cellpose,...")
-    if len(set(names)) != len(names):
-        raise CellsynthError(f"segmenter listed twice: {', '.join(names)}")
-    for name in names:
-        _resolve(name)  # unknown names fail here, before any work
     budgets, options = dict(budgets or {}), dict(options or {})
-    for what, table in (("budget", budgets), ("options", options)):
-        extra = sorted(set(table) - set(names))
-        if extra:
-            raise CellsynthError(f"{what} given for segmenter(s) not being run: {', '.join(extra)}")
+    names = _segmenter_names(segmenters, budgets, options)
     if max_images is not None and max_images < 1:
         raise CellsynthError(f"--max-images must be >= 1, got {max_images}")
     if int(n_boot) < 1:
@@ -544,35 +587,12 @@ def run_benchmark(
         "cellsynth_version": __version__,
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "thresholds": list(metrics.AP_THRESHOLDS),
-        "train": None
-        if train is None
-        else {
-            "path": str(Path(train.root).resolve()),
-            "n_images": len(train),
-            "fingerprint": train_fp,
-            "provenance": _provenance(Path(train.root)),
-        },
-        "datasets": {
-            k: {
-                "path": str(Path(ds.root).resolve()),
-                "n_images": len(ds),
-                "names": list(ds.names),
-                "provenance": _provenance(Path(ds.root)),
-            }
-            for k, ds in tests.items()
-        },
+        "train": None if train is None else _split_record(train, train_fp),
+        "datasets": {k: _test_set_record(ds, flagged) for k, ds in tests.items()},
         "segmenters": {},
     }
-    for k, ds in tests.items():
-        if Path(ds.root).resolve() in flagged:
-            results["datasets"][k]["synthetic"] = True
     if train_real is not None:
-        results["train_real"] = {
-            "path": str(Path(train_real.root).resolve()),
-            "n_images": len(train_real),
-            "fingerprint": train_real_fp,
-            "provenance": _provenance(Path(train_real.root)),
-        }
+        results["train_real"] = _split_record(train_real, train_real_fp)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for name in tqdm(names, desc="segmenters", disable=not progress):
             opts = dict(options.get(name) or {})

@@ -11,7 +11,10 @@ from cellsynth.errors import CellsynthError
 
 def _read_config(path) -> dict:
     """YAML config: ``segmenters: {NAME: {options: {...}, minutes: M, epochs: N}}`` plus the
-    defaults ``minutes_per_segmenter``, ``epochs``, ``max_images``, ``train``, ``test``, ``cache``."""
+    defaults ``minutes_per_segmenter``, ``epochs``, ``max_images``, ``train``, ``test``, ``cache``.
+    No ``path`` (no --config): no settings at all."""
+    if not path:
+        return {"segmenters": {}}
     import yaml
 
     try:
@@ -53,19 +56,73 @@ def _read_config(path) -> dict:
     return doc
 
 
+def _segmenter_settings(cfg: dict, name: str, minutes, epochs) -> tuple[dict, dict]:
+    """(options, budget) of segmenter ``name``: its config entry, else ``minutes`` / ``epochs``."""
+    entry = cfg["segmenters"].get(name) or {}
+    budget = {"minutes": entry.get("minutes", minutes), "epochs": entry.get("epochs", epochs)}
+    return dict(entry.get("options") or {}), budget
+
+
+def _fmt(x, digits: int = 3) -> str:
+    """A score for a table: ``-`` for none."""
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _stacked(*decorators):
+    """One decorator applying ``decorators`` as if they were stacked in this order."""
+
+    def decorate(func):
+        for deco in reversed(decorators):
+            func = deco(func)
+        return func
+
+    return decorate
+
+
+def _train_option(help_text: str):
+    return click.option("--train", "train_dir", type=click.Path(), default=None, help=help_text)
+
+
+def _config_option(help_text: str):
+    return click.option(
+        "--config", type=click.Path(exists=True, dir_okay=False), default=None, help=help_text
+    )
+
+
+def _bootstrap_options(help_text: str):
+    """--bootstrap (resamples, ``help_text``) and --bootstrap-seed."""
+    return _stacked(
+        click.option(
+            "--bootstrap", "n_boot", type=int, default=1000, show_default=True, help=help_text
+        ),
+        click.option(
+            "--bootstrap-seed",
+            "seed",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Bootstrap seed.",
+        ),
+    )
+
+
+def _overwrite_quiet_options(overwrite_help: str):
+    """--overwrite (``overwrite_help``) and --quiet."""
+    return _stacked(
+        click.option("--overwrite", is_flag=True, help=overwrite_help),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    )
+
+
 @click.group()
 def benchmark():
     """Benchmark cell segmenters on (synthetic or real) ground truth."""
 
 
 @benchmark.command("run")
-@click.option(
-    "--train",
-    "train_dir",
-    type=click.Path(),
-    default=None,
-    help="Canonical training split (or a root with train/); omit to use the "
-    "segmenters untrained / pretrained.",
+@_train_option(
+    "Canonical training split (or a root with train/); omit to use the "
+    "segmenters untrained / pretrained."
 )
 @click.option(
     "--test",
@@ -81,12 +138,7 @@ def benchmark():
     "[default: those in --config, else classical].",
 )
 @click.option("--out", "out", type=click.Path(), required=True, help="Output folder.")
-@click.option(
-    "--config",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="YAML file with per-segmenter options and budgets.",
-)
+@_config_option("YAML file with per-segmenter options and budgets.")
 @click.option(
     "--minutes-per-segmenter",
     type=float,
@@ -126,19 +178,8 @@ def benchmark():
     help="A synthetic test split (tested like --test and counted as synthetic in the rank "
     "agreement even without a cellsynth manifest.json); repeat for several.",
 )
-@click.option(
-    "--bootstrap",
-    "n_boot",
-    type=int,
-    default=1000,
-    show_default=True,
-    help="Bootstrap resamples for the rank agreement's intervals.",
-)
-@click.option(
-    "--bootstrap-seed", "seed", type=int, default=0, show_default=True, help="Bootstrap seed."
-)
-@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_bootstrap_options("Bootstrap resamples for the rank agreement's intervals.")
+@_overwrite_quiet_options("Replace an existing output folder.")
 def run_cmd(
     train_dir,
     test_dirs,
@@ -164,7 +205,7 @@ def run_cmd(
     `cellsynth benchmark validate`)."""
     from cellsynth.benchmark.runner import run_benchmark
 
-    cfg = _read_config(config) if config else {"segmenters": {}}
+    cfg = _read_config(config)
     train_dir = train_dir or cfg.get("train")
     train_real_dir = train_real_dir or cfg.get("train_real")
     if not test_dirs and not synthetic_tests:
@@ -185,12 +226,7 @@ def run_cmd(
         names = list(cfg["segmenters"]) or ["classical"]
     budgets, options = {}, {}
     for name in names:
-        entry = cfg["segmenters"].get(name) or {}
-        options[name] = dict(entry.get("options") or {})
-        budgets[name] = {
-            "minutes": entry.get("minutes", minutes_per_segmenter),
-            "epochs": entry.get("epochs", epochs),
-        }
+        options[name], budgets[name] = _segmenter_settings(cfg, name, minutes_per_segmenter, epochs)
     results = run_benchmark(
         train_dir,
         test_dirs,
@@ -218,10 +254,7 @@ def run_cmd(
 
 def _transfer_text(transfer: dict) -> str:
     """AP@0.5 trained on --train (synthetic) and on --train-real, and their ratio."""
-
-    def f(x):
-        return "-" if x is None else f"{x:.3f}"
-
+    f = _fmt
     lines = [
         f"{'segmenter':<12} {'dataset':<24} {'AP50 syn-trained':>16} {'real-trained':>12} ratio"
     ]
@@ -239,9 +272,7 @@ def _validity_text(v: dict) -> str:
     """A short table of the rank agreement (or its error line)."""
     if v.get("error"):
         return f"rank agreement not computed: {v['error']}"
-
-    def f(x, digits=3):
-        return "-" if x is None else f"{x:.{digits}f}"
+    f = _fmt
 
     def ci(stat):
         c = (stat or {}).get("ci")
@@ -286,17 +317,7 @@ def _validity_text(v: dict) -> str:
     help="Test set (its key in results.json, or its path) to count as synthetic besides those "
     "with a cellsynth manifest.json; repeat for several.",
 )
-@click.option(
-    "--bootstrap",
-    "n_boot",
-    type=int,
-    default=1000,
-    show_default=True,
-    help="Bootstrap resamples of each test set's images.",
-)
-@click.option(
-    "--bootstrap-seed", "seed", type=int, default=0, show_default=True, help="Bootstrap seed."
-)
+@_bootstrap_options("Bootstrap resamples of each test set's images.")
 def validate_cmd(results_dir, synthetic, n_boot, seed):
     """Recompute the rank agreement of synthetic and real test sets in RESULTS_DIR.
 
@@ -326,36 +347,14 @@ def validate_cmd(results_dir, synthetic, n_boot, seed):
     "e.g. with `cellsynth pix2pixhd test` or `cellsynth synth --masks DIR`.",
 )
 @click.option("--segmenter", "name", required=True, help="The segmenter that judges the images.")
-@click.option(
-    "--train",
-    "train_dir",
-    type=click.Path(),
-    default=None,
-    help="Train the segmenter on this split first (default: use it as it is).",
-)
-@click.option(
-    "--config",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="YAML with the segmenter's options and budget (as for benchmark run).",
-)
+@_train_option("Train the segmenter on this split first (default: use it as it is).")
+@_config_option("YAML with the segmenter's options and budget (as for benchmark run).")
 @click.option("--minutes", type=float, default=None, help="Training budget in minutes.")
 @click.option("--epochs", type=int, default=None, help="Training epochs.")
 @click.option("--max-images", type=int, default=None, help="Use at most N image pairs.")
-@click.option(
-    "--bootstrap",
-    "n_boot",
-    type=int,
-    default=1000,
-    show_default=True,
-    help="Paired bootstrap resamples for the ratio's interval.",
-)
-@click.option(
-    "--bootstrap-seed", "seed", type=int, default=0, show_default=True, help="Bootstrap seed."
-)
+@_bootstrap_options("Paired bootstrap resamples for the ratio's interval.")
 @click.option("--out", "out", type=click.Path(), default=None, help="Write the figures as JSON.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_overwrite_quiet_options("Replace an existing --out file.")
 def fidelity_cmd(
     real_dir,
     translated_dir,
@@ -387,18 +386,17 @@ def fidelity_cmd(
         check_writable(out, overwrite)
     if max_images is not None and max_images < 1:
         raise CellsynthError(f"--max-images must be >= 1, got {max_images}")
-    cfg = _read_config(config) if config else {"segmenters": {}}
-    entry = cfg["segmenters"].get(name) or {}
+    options, budget = _segmenter_settings(_read_config(config), name, minutes, epochs)
     pairs = load_pairs(real_dir, translated_dir, max_images)
-    seg = make_segmenter(name, **dict(entry.get("options") or {}))
+    seg = make_segmenter(name, **options)
     if train_dir is not None:
         train = CanonicalDataset(train_dir, "train")
         with tempfile.TemporaryDirectory(prefix="cellsynth-fidelity-") as work:
             seg.fit(
                 train,
                 work,
-                budget_minutes=entry.get("minutes", minutes),
-                epochs=entry.get("epochs", epochs),
+                budget_minutes=budget["minutes"],
+                epochs=budget["epochs"],
                 progress=not quiet,
             )
     res = paired_fidelity(
@@ -416,7 +414,7 @@ def fidelity_cmd(
     )
 
     def f(x):
-        return "-" if x is None else f"{x:.4f}"
+        return _fmt(x, 4)
 
     how = "by name" if pairs["paired_by"] == "name" else "through manifest.json"
     click.echo(f"paired fidelity of {name} on {res['n_images']} image pairs ({how}):")
@@ -440,9 +438,7 @@ def fidelity_cmd(
 
 
 def _summary_text(results: dict) -> str:
-    def f(x):
-        return "-" if x is None else f"{x:.3f}"
-
+    f = _fmt
     lines = [
         f"{'segmenter':<12} {'dataset':<24} {'status':<7} {'AP50':>6} {'mAP':>6} "
         f"{'F1':>6} {'PQ':>6} {'AJI':>6}"

@@ -32,6 +32,13 @@ def stylegan3():
     "--target", default=0.6, show_default=True, type=click.FloatRange(0, 1), help="ADA r_t."
 )
 @click.option(
+    "--ada-kimg",
+    default=500,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="ADA speed: kimg for p to go from 0 to 1 (smaller reacts faster; for short runs).",
+)
+@click.option(
     "--kimg", default=25000, show_default=True, type=click.FloatRange(min=0, min_open=True)
 )
 @click.option("--tick", default=4, show_default=True, type=click.FloatRange(min=0, min_open=True))

@@ -131,23 +131,31 @@ def image_to_float(image: np.ndarray) -> np.ndarray:
     return ((image - lo) / max(hi - lo, 1e-12)).astype(np.float32)
 
 
-def image_to_network(image: np.ndarray, channels: int | None = None) -> np.ndarray:
-    """H x W (x C) image -> float32 C x H x W in [-1, 1].
-
-    ``channels`` (optional) forces the channel count: 1 -> 3 repeats, 3/4 -> 1 averages.
-    """
-    x = image_to_float(image)
-    if x.ndim == 2:
-        x = x[None]
-    else:
-        x = np.moveaxis(x, -1, 0)
+def channels_first(
+    x: np.ndarray,
+    channels: int | None = None,
+    refusal: str = "cannot convert a {have}-channel image to {want}",
+) -> np.ndarray:
+    """H x W (x C) array -> C x H x W. ``channels`` (optional) forces the channel count: one
+    channel is repeated, several are averaged into one (the first three); any other change
+    raises CellsynthError(``refusal`` with ``{have}`` and ``{want}`` filled in)."""
+    x = x[None] if x.ndim == 2 else np.moveaxis(x, -1, 0)
     if channels is not None and x.shape[0] != channels:
         if x.shape[0] == 1:
             x = np.repeat(x, channels, axis=0)
         elif channels == 1:
             x = x[:3].mean(axis=0, keepdims=True)
         else:
-            raise CellsynthError(f"cannot convert a {x.shape[0]}-channel image to {channels}")
+            raise CellsynthError(refusal.format(have=x.shape[0], want=channels))
+    return x
+
+
+def image_to_network(image: np.ndarray, channels: int | None = None) -> np.ndarray:
+    """H x W (x C) image -> float32 C x H x W in [-1, 1].
+
+    ``channels`` (optional) forces the channel count: 1 -> 3 repeats, 3/4 -> 1 averages.
+    """
+    x = channels_first(image_to_float(image), channels)
     return np.ascontiguousarray(x * 2.0 - 1.0, dtype=np.float32)
 
 

@@ -139,9 +139,26 @@ def _class_of(meta: dict, cond: str | None, name: str, where: Path) -> str | Non
     return str(meta[cond])
 
 
-def _samples(split_dir: Path):
-    ds = CanonicalDataset(split_dir)
-    return ds, len(ds)
+def _sources(source, split, default_all, transform, max_images, dest, overwrite) -> list:
+    """The checks both writers make before writing anything (the transform, ``max_images``,
+    the source splits, ``dest``); returns (split name, CanonicalDataset, length) per split."""
+    _check_transform(transform)
+    if max_images is not None and int(max_images) < 1:
+        raise CellsynthError(f"--max-images must be >= 1, got {max_images}")
+    datasets = []
+    for name, d in source_splits(source, split, default_all=default_all):
+        ds = CanonicalDataset(d)
+        datasets.append((name, ds, len(ds)))
+    check_writable(dest, overwrite)
+    return datasets
+
+
+def _sample(ds: CanonicalDataset, i: int, bar):
+    """Sample ``i`` of ``ds``, refused when smaller than MIN_IMAGE_SIDE; counted on ``bar``."""
+    sample = ds[i]
+    check_min_size(sample.labels.shape, f"{ds.root}: sample {sample.name!r}")
+    bar.update(1)
+    return sample
 
 
 def _png_bytes(arr: np.ndarray) -> bytes:
@@ -185,12 +202,7 @@ def pack_masks(
 
     resolution = check_resolution(resolution)
     channels = check_encoding(encoding)
-    _check_transform(transform)
-    if max_images is not None and int(max_images) < 1:
-        raise CellsynthError(f"--max-images must be >= 1, got {max_images}")
-    splits = source_splits(source, split, default_all=False)
-    datasets = [(name, *_samples(d)) for name, d in splits]
-    check_writable(dest, overwrite)
+    datasets = _sources(source, split, False, transform, max_images, dest, overwrite)
     if Path(dest).suffix.lower() != ".zip":
         raise CellsynthError(f"{dest}: the masks dataset is a zip file; give a name ending in .zip")
 
@@ -203,9 +215,7 @@ def pack_masks(
             for i in range(n):
                 if max_images is not None and items >= max_images:
                     break
-                sample = ds[i]
-                check_min_size(sample.labels.shape, f"{ds.root}: sample {sample.name!r}")
-                bar.update(1)
+                sample = _sample(ds, i, bar)
                 images += 1
                 cls = _class_of(sample.meta, cond, sample.name, ds.root)
                 parts = transform_labels(
@@ -295,12 +305,7 @@ def pack_pairs(
     from tqdm import tqdm
 
     h, w = parse_size(size)
-    _check_transform(transform)
-    if max_images is not None and int(max_images) < 1:
-        raise CellsynthError(f"--max-images must be >= 1, got {max_images}")
-    splits = source_splits(source, split, default_all=True)
-    datasets = [(name, *_samples(d)) for name, d in splits]
-    check_writable(dest, overwrite)
+    datasets = _sources(source, split, True, transform, max_images, dest, overwrite)
 
     counts, classes, channels, skipped_empty = {}, {}, None, 0
     with atomic_dir(dest, overwrite) as tmp:
@@ -313,9 +318,7 @@ def pack_pairs(
             for i in range(n):
                 if max_images is not None and count >= max_images:
                     break
-                sample = ds[i]
-                check_min_size(sample.labels.shape, f"{ds.root}: sample {sample.name!r}")
-                bar.update(1)
+                sample = _sample(ds, i, bar)
                 if not keep_empty and transform != "tiles" and not sample.labels.any():
                     skipped_empty += 1
                     continue

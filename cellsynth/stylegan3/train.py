@@ -141,10 +141,11 @@ def check_options(opts: dict) -> dict:
 
         opts["resume"] = str(find_latest(opts["outdir"]))
     elif opts.get("resume"):
+        from cellsynth import models
         from cellsynth.stylegan3.snapshot import load_snapshot
 
         load_snapshot(opts["resume"])  # fail early on a missing/corrupt file
-        opts["resume"] = str(opts["resume"])
+        opts["resume"] = str(models.lookup(opts["resume"], "stylegan3"))  # a shipped name: its file
     if any(m.startswith(("fid", "kid")) for m in opts["metrics"]):
         from cellsynth.stylegan3.metrics import inception_path
 

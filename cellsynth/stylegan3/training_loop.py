@@ -348,9 +348,10 @@ class Trainer:
         self.batch_idx = 0
         self.tick_start_nimg = 0
         self.tick_stats = {}
+        self.fine_tune = False
         if resume is not None:
             self._load_resume(resume)
-        elif world > 1:
+        if (resume is None or self.fine_tune) and world > 1:
             for m in (self.G, self.D, self.G_ema):
                 dist.broadcast_module(m)
 
@@ -369,6 +370,14 @@ class Trainer:
     def _load_resume(self, snap: dict) -> None:
         from cellsynth.training.checkpoint import set_rng_state
 
+        if "D" not in snap or "G_opt" not in snap:
+            # a weights-only generator (a shipped model, `cellsynth models export`): fine-tune
+            # it: G and G_ema start from its weights, D and the optimizers fresh, kimg from 0
+            weights = snap["G_ema"] if "G_ema" in snap else snap["G"]
+            self.G.load_state_dict(weights)
+            self.G_ema.load_state_dict(weights)
+            self.fine_tune = True
+            return
         for name, module in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema)):
             module.load_state_dict(snap[name])
         for name in ("G", "D"):
@@ -678,6 +687,12 @@ def training_process(rank: int, world: int, opts: dict, run_dir) -> None:
                 f"on {trainer.device} ({cpu_kind() if trainer.device.type == 'cpu' else 'GPU'}, "
                 f"mixed precision: {trainer.precision}); G {n_g} params, D {n_d} params; "
                 f"starting at kimg {trainer.cur_nimg / 1000:.3f}"
+                + (
+                    f"; fine-tuning the generator of {opts['resume']} (a weights-only file: "
+                    "fresh discriminator and optimizers)"
+                    if trainer.fine_tune
+                    else ""
+                )
             )
         trainer.run(progress=bool(opts.get("progress", False)))
         if rank == 0:

@@ -1,6 +1,7 @@
 """Training within a budget, judged on a validation slice: what every trainable segmenter shares.
 
-- :func:`split_validation`: a seeded validation slice of the training split (recorded).
+- :func:`split_validation` / :func:`validation_split`: a seeded validation slice of the
+  training split (recorded).
 - :func:`resolve_precision` / :func:`autocast`: bf16 mixed precision where the device has it
   (CPUs with ``avx512_bf16`` or ``amx_bf16``; CUDA devices with bf16), fp32 elsewhere.
 - :func:`budgeted_fit`: runs training steps until the epochs or the minutes are spent, evaluates
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -39,6 +41,15 @@ def split_validation(n: int, fraction: float, seed: int, max_val: int = 64):
         n_val = min(max(1, int(round(fraction * n))), n - 1, int(max_val))
     perm = np.random.default_rng(int(seed)).permutation(n)
     return sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist())
+
+
+def validation_split(samples: list, options: dict) -> tuple[list, list]:
+    """(training samples, validation samples): :func:`split_validation` of ``samples`` with a
+    segmenter's options ``val_fraction``, ``seed`` and ``val_max_images``."""
+    tr_idx, val_idx = split_validation(
+        len(samples), options["val_fraction"], int(options["seed"]), int(options["val_max_images"])
+    )
+    return [samples[i] for i in tr_idx], [samples[i] for i in val_idx]
 
 
 def pooled_ap50(true_list, pred_list) -> float:
@@ -101,6 +112,111 @@ def state_copy(module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
+@dataclass
+class _Schedule:
+    """When a :func:`budgeted_fit` stops, evaluates and how far its learning rate has gone."""
+
+    t0: float  # the budget counts from here
+    total: int | None  # steps (None: the minutes decide)
+    budget_s: float | None
+    every_steps: int | None  # evaluate every this many steps (an epochs budget)
+    every_s: float | None  # ... or every this many seconds (a minutes budget)
+    reserve_evals: float
+    train_start: float
+
+    @classmethod
+    def make(
+        cls,
+        steps_per_epoch,
+        epochs,
+        budget_minutes,
+        default_epochs,
+        t_start,
+        n_evals,
+        reserve_evals,
+    ) -> _Schedule:
+        """Check the budget arguments (neither epochs nor minutes: ``default_epochs``) and
+        spread ``n_evals`` evaluations over it."""
+        if steps_per_epoch < 1:
+            raise CellsynthError("nothing to train on (0 steps per epoch)")
+        if epochs is not None and int(epochs) < 1:
+            raise CellsynthError(f"epochs must be >= 1, got {epochs}")
+        if budget_minutes is not None and float(budget_minutes) <= 0:
+            raise CellsynthError(f"budget_minutes must be > 0, got {budget_minutes}")
+        if epochs is None and budget_minutes is None:
+            epochs = default_epochs
+        t0 = time.perf_counter() if t_start is None else float(t_start)
+        total = int(epochs) * steps_per_epoch if epochs is not None else None
+        budget_s = float(budget_minutes) * 60.0 if budget_minutes is not None else None
+        every_steps = max(1, total // n_evals) if (total and n_evals) else None
+        every_s = None
+        if budget_s is not None and n_evals:
+            every_s = max((budget_s - (time.perf_counter() - t0)) / n_evals, 1.0)
+        return cls(t0, total, budget_s, every_steps, every_s, reserve_evals, time.perf_counter())
+
+    def done(self, step: int) -> bool:
+        """All the epochs' steps are taken."""
+        return self.total is not None and step >= self.total
+
+    def out_of_time(self, step: int, now: float, eval_cost: float) -> bool:
+        """A minutes budget leaves no more than the time the evaluations still need."""
+        if self.budget_s is None or step == 0:
+            return False
+        return now - self.t0 + (self.reserve_evals + 1.0) * eval_cost >= self.budget_s
+
+    def lr_fraction(self, step: int, now: float, eval_cost: float) -> float:
+        """The fraction of training done (of the steps, or of the minutes left for training)."""
+        frac = step / self.total if self.total else 0.0
+        if self.budget_s is not None:
+            reserve = (self.reserve_evals + 1) * eval_cost
+            span = max(self.budget_s - (self.train_start - self.t0) - reserve, 1)
+            frac = max(frac, (now - self.train_start) / span)
+        return min(frac, 1.0)
+
+    def next_eval_time(self) -> float:
+        """When the next evaluation by the clock is due (never without a minutes budget)."""
+        return time.perf_counter() + self.every_s if self.every_s else math.inf
+
+    def eval_due(self, step: int, next_eval_t: float) -> bool:
+        """An evaluation is due after ``step`` (not after the last one: the end evaluates)."""
+        due = (self.every_steps and step % self.every_steps == 0) or (
+            self.every_s and time.perf_counter() >= next_eval_t
+        )
+        return bool(due) and not self.done(step)
+
+
+class _Evaluations:
+    """The validation points of a :func:`budgeted_fit`: the learning curve, the best point with
+    its weights and payload, and the cost of the latest evaluation."""
+
+    def __init__(self, evaluate, snapshot, t0: float, steps_per_epoch: int):
+        self.evaluate, self.snapshot = evaluate, snapshot
+        self.t0, self.steps_per_epoch = t0, steps_per_epoch
+        self.curve: list[dict] = []
+        self.best: dict | None = None
+        self.best_state, self.best_payload = None, None
+        self.cost = 0.0
+        self.since: list[float] = []  # the losses since the latest evaluation
+
+    def run(self, step: int) -> None:
+        te = time.perf_counter()
+        score, payload = self.evaluate()
+        self.cost = time.perf_counter() - te
+        point = {
+            "minutes": (time.perf_counter() - self.t0) / 60.0,
+            "steps": step,
+            "epochs": step / self.steps_per_epoch,
+            "loss": float(np.mean(self.since)) if self.since else None,
+            "val_ap50": float(score),
+        }
+        self.since.clear()
+        self.curve.append(point)
+        if self.best is None or score > self.best["val_ap50"]:
+            self.best = {k: point[k] for k in ("minutes", "steps", "epochs", "val_ap50")}
+            self.best_state = self.snapshot() if self.snapshot is not None else None
+            self.best_payload = payload
+
+
 def budgeted_fit(
     step_fn,
     steps_per_epoch: int,
@@ -136,107 +252,60 @@ def budgeted_fit(
     """
     from tqdm import tqdm
 
-    if steps_per_epoch < 1:
-        raise CellsynthError("nothing to train on (0 steps per epoch)")
-    if epochs is not None and int(epochs) < 1:
-        raise CellsynthError(f"epochs must be >= 1, got {epochs}")
-    if budget_minutes is not None and float(budget_minutes) <= 0:
-        raise CellsynthError(f"budget_minutes must be > 0, got {budget_minutes}")
-    if epochs is None and budget_minutes is None:
-        epochs = default_epochs
-    t0 = time.perf_counter() if t_start is None else float(t_start)
-    total = int(epochs) * steps_per_epoch if epochs is not None else None
-    budget_s = float(budget_minutes) * 60.0 if budget_minutes is not None else None
-    eval_cost = 0.0
     if evaluate is None:
         n_evals = 0
-    every_steps = max(1, total // n_evals) if (total and n_evals) else None
-    every_s = None
-    if budget_s is not None and n_evals:
-        every_s = max((budget_s - (time.perf_counter() - t0)) / n_evals, 1.0)
-    train_start = time.perf_counter()
-    curve: list[dict] = []
-    best: dict | None = None
-    best_state, best_payload = None, None
+    plan = _Schedule.make(
+        steps_per_epoch, epochs, budget_minutes, default_epochs, t_start, n_evals, reserve_evals
+    )
+    evals = _Evaluations(evaluate, snapshot, plan.t0, steps_per_epoch)
     losses: list[float] = []
-    since_eval: list[float] = []
-    step, next_eval_t = 0, time.perf_counter() + (every_s or math.inf)
+    step, next_eval_t = 0, plan.next_eval_time()
     step_seconds = 0.0
-
-    def run_eval():
-        nonlocal best, best_state, best_payload, eval_cost
-        te = time.perf_counter()
-        score, payload = evaluate()
-        eval_cost = time.perf_counter() - te
-        point = {
-            "minutes": (time.perf_counter() - t0) / 60.0,
-            "steps": step,
-            "epochs": step / steps_per_epoch,
-            "loss": float(np.mean(since_eval)) if since_eval else None,
-            "val_ap50": float(score),
-        }
-        since_eval.clear()
-        curve.append(point)
-        if best is None or score > best["val_ap50"]:
-            best = {k: point[k] for k in ("minutes", "steps", "epochs", "val_ap50")}
-            best_state = snapshot() if snapshot is not None else None
-            best_payload = payload
-
     if evaluate is not None and eval_untrained:
-        run_eval()  # the untrained state: the learning curve starts here
-        next_eval_t = time.perf_counter() + (every_s or math.inf)
+        evals.run(step)  # the untrained state: the learning curve starts here
+        next_eval_t = plan.next_eval_time()
     stopped_by = "epochs"
-    bar = tqdm(total=total, desc=desc, disable=not progress, unit="step", leave=False)
+    bar = tqdm(total=plan.total, desc=desc, disable=not progress, unit="step", leave=False)
     try:
         while True:
             now = time.perf_counter()
-            if total is not None and step >= total:
+            if plan.done(step):
                 break
-            if budget_s is not None and step > 0:
-                reserve = (reserve_evals + 1.0) * eval_cost if evaluate is not None else 0.0
-                if now - t0 + reserve >= budget_s:
-                    stopped_by = "budget"
-                    break
+            if plan.out_of_time(step, now, evals.cost):
+                stopped_by = "budget"
+                break
             if set_lr is not None:
-                frac = step / total if total else 0.0
-                if budget_s is not None:
-                    span = max(budget_s - (train_start - t0) - (reserve_evals + 1) * eval_cost, 1)
-                    frac = max(frac, (now - train_start) / span)
-                set_lr(min(frac, 1.0))
+                set_lr(plan.lr_fraction(step, now, evals.cost))
             ts = time.perf_counter()
             loss = float(step_fn(step))
             step_seconds += time.perf_counter() - ts
             if not math.isfinite(loss):
                 raise CellsynthError(f"{desc}: training diverged (loss {loss}); lower the lr")
             losses.append(loss)
-            since_eval.append(loss)
+            evals.since.append(loss)
             step += 1
             bar.update(1)
             if step % steps_per_epoch == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-steps_per_epoch:]):.4f}")
-            if evaluate is not None:
-                due = (every_steps and step % every_steps == 0) or (
-                    every_s and time.perf_counter() >= next_eval_t
-                )
-                if due and not (total is not None and step >= total):
-                    run_eval()
-                    next_eval_t = time.perf_counter() + every_s if every_s else math.inf
+            if evaluate is not None and plan.eval_due(step, next_eval_t):
+                evals.run(step)
+                next_eval_t = plan.next_eval_time()
     finally:
         bar.close()
     if evaluate is not None:
-        if not curve or curve[-1]["steps"] != step:  # the last weights were not scored yet
-            run_eval()
-        if restore is not None and best_state is not None:
-            restore(best_state)
+        if not evals.curve or evals.curve[-1]["steps"] != step:  # the last weights: not scored
+            evals.run(step)
+        if restore is not None and evals.best_state is not None:
+            restore(evals.best_state)
     return {
         "steps": step,
         "epochs": step / steps_per_epoch,
-        "seconds": time.perf_counter() - t0,
+        "seconds": time.perf_counter() - plan.t0,
         "loss": float(np.mean(losses[-steps_per_epoch:])) if losses else float("nan"),
-        "curve": curve,
-        "best": best,
-        "best_payload": best_payload,
-        "eval_seconds": eval_cost,
+        "curve": evals.curve,
+        "best": evals.best,
+        "best_payload": evals.best_payload,
+        "eval_seconds": evals.cost,
         "step_seconds": step_seconds,
         "stopped_by": stopped_by,
     }

@@ -22,10 +22,11 @@ from cellsynth.benchmark.segmenters._fitting import (
     autocast,
     fit_validated,
     resolve_precision,
-    split_validation,
+    validation_split,
 )
 from cellsynth.benchmark.segmenters._instances import instance_targets, maps_to_instances
 from cellsynth.benchmark.segmenters.base import Segmenter
+from cellsynth.datasets.io import channels_first
 from cellsynth.errors import CellsynthError
 
 WEIGHTS = "weights.pt"
@@ -43,6 +44,37 @@ def get_device(device: str | None = None):
         except RuntimeError as exc:
             raise CellsynthError(f"unknown device {device!r} ({exc}); use cpu or cuda") from None
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_precision(options: dict, precision: str | None = None):
+    """(torch.device, precision) of a segmenter's options ``device`` and ``precision``;
+    ``precision`` when given (the one chosen at fit time) wins over resolving the option."""
+    device = get_device(options["device"])
+    return device, precision or resolve_precision(options["precision"], device)
+
+
+def to_device(array: np.ndarray, device):
+    """A numpy batch (N x C x H x W) -> tensor on ``device``, channels-last on a CPU (where
+    oneDNN's convolutions are faster that way)."""
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+    if device.type == "cpu":
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t
+
+
+def optimizer_step(opt, loss, clip=None) -> float:
+    """Back-propagate ``loss`` and step ``opt`` (``clip``: (params, max_norm) to clip the
+    gradient norm first); returns the loss as a float (what a training ``step_fn`` returns)."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(*clip)
+    opt.step()
+    return loss.item()
 
 
 @contextlib.contextmanager
@@ -77,17 +109,8 @@ def normalize_image(
         )
     if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
         raise CellsynthError(f"unsupported image dtype {image.dtype}")
-    x = image.astype(np.float32)
-    x = x[None] if x.ndim == 2 else np.moveaxis(x, -1, 0)
-    if channels is not None and x.shape[0] != channels:
-        if x.shape[0] == 1:
-            x = np.repeat(x, channels, axis=0)
-        elif channels == 1:
-            x = x[:3].mean(axis=0, keepdims=True)
-        else:
-            raise CellsynthError(
-                f"the model takes {channels}-channel images, got {x.shape[0]} channels"
-            )
+    refusal = "the model takes {want}-channel images, got {have} channels"
+    x = channels_first(image.astype(np.float32), channels, refusal)
     out = np.empty_like(x)
     for c in range(x.shape[0]):
         lo, hi = np.percentile(x[c], percentiles)
@@ -262,6 +285,15 @@ def load_state_dict_file(path) -> dict:
     return state
 
 
+def load_state_checked(module, state: dict, what: str) -> None:
+    """``module.load_state_dict(state)``; a mismatch raises CellsynthError ``what (first line
+    of torch's message)``."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CellsynthError(f"{what} ({str(exc).splitlines()[0]})") from None
+
+
 def check_train(train) -> None:
     if train is None or len(train) == 0:
         raise CellsynthError("training set is empty; give a split folder with images and masks")
@@ -366,15 +398,10 @@ class DenseSegmenter(Segmenter):
         if in_ch is None:
             in_ch = max(1 if s.image.ndim == 2 else s.image.shape[-1] for s in samples)
             o["in_channels"] = int(in_ch)
-        tr_idx, val_idx = split_validation(
-            len(samples), o["val_fraction"], int(o["seed"]), int(o["val_max_images"])
-        )
-        val = [samples[i] for i in val_idx]
-        fit_samples = [samples[i] for i in tr_idx]
+        fit_samples, val = validation_split(samples, o)
         images = [normalize_image(s.image, in_ch) for s in fit_samples]
         targets = [instance_targets(s.labels)[self._target_index()] for s in fit_samples]
-        device = get_device(o["device"])
-        precision = resolve_precision(o["precision"], device)
+        device, precision = device_precision(o)
         self.precision = precision
         net = self._ensure_net(in_ch)
         if device.type == "cpu":
@@ -391,20 +418,15 @@ class DenseSegmenter(Segmenter):
                 x, y = random_flip_rot(random_crop([images[i], targets[i]], crop, rng), rng)
                 xs.append(x)
                 ys.append(y)
-            x = torch.from_numpy(np.stack(xs)).to(device)
+            x = to_device(np.stack(xs), device)
             y = torch.from_numpy(np.stack(ys)).to(device)
-            if device.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
             net.train()
             with autocast(device, precision):
                 logits = self._logits(net, x)
             if not isinstance(logits, (list, tuple)):
                 logits = [logits]
             loss = sum(F.binary_cross_entropy_with_logits(lg.float(), y) for lg in logits)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return loss.item()
+            return optimizer_step(opt, loss)
 
         with seeded(int(o["seed"]) + 1):
             self.info = fit_validated(
@@ -450,16 +472,13 @@ class DenseSegmenter(Segmenter):
         if self.net is None:
             raise CellsynthError(f"{self.name}: model is not trained; call fit() or load() first")
         o = self.options
-        device = get_device(o["device"])
-        precision = getattr(self, "precision", None) or resolve_precision(o["precision"], device)
+        device, precision = device_precision(o, getattr(self, "precision", None))
         x = normalize_image(image, int(o["in_channels"]))
         net = self.net
         net.eval()
 
         def fn(tile):
-            t = torch.from_numpy(np.ascontiguousarray(tile)).to(device)
-            if device.type == "cpu":
-                t = t.contiguous(memory_format=torch.channels_last)
+            t = to_device(tile, device)
             with torch.no_grad(), autocast(device, precision):
                 out = net(t)
             if isinstance(out, (list, tuple)):
@@ -498,12 +517,10 @@ class DenseSegmenter(Segmenter):
         if options.get("in_channels") is None:
             raise CellsynthError(f"{path}: options.json lacks in_channels")
         net = seg._ensure_net(int(options["in_channels"]))
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as exc:
-            raise CellsynthError(
-                f"{path}: weights do not fit the {cls.name} network described by options.json "
-                f"({str(exc).splitlines()[0]})"
-            ) from None
+        load_state_checked(
+            net,
+            state,
+            f"{path}: weights do not fit the {cls.name} network described by options.json",
+        )
         seg.info = info
         return seg

@@ -29,20 +29,18 @@ from pathlib import Path
 
 import numpy as np
 
-from cellsynth.benchmark.segmenters._fitting import (
-    autocast,
-    fit_validated,
-    resolve_precision,
-    split_validation,
-)
+from cellsynth.benchmark.segmenters._fitting import autocast, fit_validated, validation_split
 from cellsynth.benchmark.segmenters._torchutil import (
     area_weights,
     check_train,
     cosine_lr,
+    device_precision,
     get_device,
     load_weights,
+    optimizer_step,
     save_weights,
     seeded,
+    to_device,
 )
 from cellsynth.benchmark.segmenters.base import Segmenter, register
 from cellsynth.errors import CellsynthError
@@ -277,12 +275,7 @@ class CellposeSegmenter(Segmenter):
             raise CellsynthError(f"epochs must be >= 1, got {epochs}")
         if budget_minutes is not None and float(budget_minutes) <= 0:
             raise CellsynthError(f"budget_minutes must be > 0, got {budget_minutes}")
-        samples = list(train)
-        tr_idx, val_idx = split_validation(
-            len(samples), o["val_fraction"], int(o["seed"]), int(o["val_max_images"])
-        )
-        val = [samples[i] for i in val_idx]
-        fit_samples = [samples[i] for i in tr_idx]
+        fit_samples, val = validation_split(list(train), o)
         labels = [s.labels.astype(np.int32) for s in fit_samples]
         n_masks = [len(np.unique(lab)) - 1 for lab in labels]
         keep = [i for i, n in enumerate(n_masks) if n >= int(o["min_train_masks"])]
@@ -292,8 +285,7 @@ class CellposeSegmenter(Segmenter):
                 "(option min_train_masks)"
             )
         diam = mean_diameter([labels[i] for i in keep])
-        device = get_device(o["device"])
-        precision = resolve_precision(o["precision"], device)
+        device, precision = device_precision(o)
         self.precision = precision
         data = [self._prepare(fit_samples[i].image) for i in keep]
         flows = dynamics.labels_to_flows([labels[i] for i in keep], device=device)
@@ -323,17 +315,11 @@ class CellposeSegmenter(Segmenter):
                 scale_range=float(o["scale_range"]),
                 xy=(bsize, bsize),
             )[:2]
-            x = torch.from_numpy(imgi).to(device)
-            if device.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = to_device(imgi, device)
             net.train()
             with autocast(device, precision):
                 y = net(x)[0]
-            loss = cp_train._loss_fn_seg(lbl, y.float(), device)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return loss.item()
+            return optimizer_step(opt, cp_train._loss_fn_seg(lbl, y.float(), device))
 
         with _numpy_seed(int(o["seed"])), seeded(int(o["seed"]) + 1):
             self.info = fit_validated(
@@ -379,8 +365,7 @@ class CellposeSegmenter(Segmenter):
 
         o = self.options
         img, ax = _images_for_cellpose(image)
-        device = get_device(o["device"])
-        precision = self.precision or resolve_precision(o["precision"], device)
+        device, precision = device_precision(o, self.precision)
         diameter = o["diameter"]
         if diameter is None and o["model"] is None:
             diameter = float(self.model.diam_labels)

@@ -30,20 +30,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cellsynth.benchmark.segmenters._fitting import (
-    autocast,
-    fit_validated,
-    resolve_precision,
-    split_validation,
-)
+from cellsynth.benchmark.segmenters._fitting import autocast, fit_validated, validation_split
 from cellsynth.benchmark.segmenters._torchutil import (
     area_weights,
     check_train,
     cosine_lr,
+    device_precision,
     get_device,
+    load_state_checked,
     load_state_dict_file,
     load_weights,
     normalize_image,
+    optimizer_step,
     random_crop,
     random_flip_rot,
     save_weights,
@@ -218,28 +216,30 @@ def build_model(options: dict, load_pretrained: bool = True):
     )
     if load_pretrained and options.get("weights"):
         state = _resolve_weights(options["weights"], _WEIGHT_ENUMS.get(arch, ""), "weights")
-        own = model.state_dict()
-        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        if len(usable) < len(own) // 2:
-            raise CellsynthError(
-                f"maskrcnn: weights {options['weights']} do not fit arch {arch} "
-                f"({len(usable)} of {len(own)} tensors match)"
-            )
-        model.load_state_dict(usable, strict=False)
+        _load_matching(
+            model, state, f"maskrcnn: weights {options['weights']} do not fit arch {arch}"
+        )
     if load_pretrained and options.get("backbone_weights"):
         state = _resolve_weights(
             options["backbone_weights"], _BACKBONE_ENUMS[arch], "backbone_weights"
         )
-        body = model.backbone.body
-        own = body.state_dict()
-        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        if len(usable) < len(own) // 2:
-            raise CellsynthError(
-                f"maskrcnn: backbone_weights {options['backbone_weights']} do not fit the "
-                f"{arch} backbone ({len(usable)} of {len(own)} tensors match)"
-            )
-        body.load_state_dict(usable, strict=False)
+        _load_matching(
+            model.backbone.body,
+            state,
+            f"maskrcnn: backbone_weights {options['backbone_weights']} do not fit the "
+            f"{arch} backbone",
+        )
     return model
+
+
+def _load_matching(module, state: dict, refusal: str) -> None:
+    """Load the tensors of ``state`` that ``module`` has, with the same shapes (the rest keep
+    their initialisation); fewer than half of the module's: CellsynthError(``refusal``)."""
+    own = module.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if len(usable) < len(own) // 2:
+        raise CellsynthError(f"{refusal} ({len(usable)} of {len(own)} tensors match)")
+    module.load_state_dict(usable, strict=False)
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
@@ -364,19 +364,14 @@ class MaskRCNNSegmenter(Segmenter):
         t_start = time.perf_counter()
         check_train(train)
         o = self.options
-        device = get_device(o["device"])
-        precision = resolve_precision(o["precision"], device)
+        device, precision = device_precision(o)
         self.precision = precision
         scale = float(o["scale"])
-        samples = list(train)
-        tr_idx, val_idx = split_validation(
-            len(samples), o["val_fraction"], int(o["seed"]), int(o["val_max_images"])
-        )
-        val = [samples[i] for i in val_idx]
+        fit_samples, val = validation_split(list(train), o)
         images, labels = [], []
-        for i in tr_idx:
-            images.append(_rescale(to_rgb(samples[i].image), scale))
-            labels.append(_rescale(samples[i].labels.astype(np.int32), scale, labels=True))
+        for s in fit_samples:
+            images.append(_rescale(to_rgb(s.image), scale))
+            labels.append(_rescale(s.labels.astype(np.int32), scale, labels=True))
         model = self._ensure_model()
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=float(o["lr"]), weight_decay=float(o["weight_decay"]))
@@ -396,11 +391,7 @@ class MaskRCNNSegmenter(Segmenter):
             with autocast(device, precision):
                 losses = model(xs, ts)
             loss = sum(v.float() for v in losses.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 10.0)
-            opt.step()
-            return loss.item()
+            return optimizer_step(opt, loss, clip=(params, 10.0))
 
         with seeded(int(o["seed"]) + 1):
             self.info = fit_validated(
@@ -434,8 +425,7 @@ class MaskRCNNSegmenter(Segmenter):
                 raise CellsynthError("maskrcnn: model is not trained; call fit() or load() first")
             self._ensure_model()
         o = self.options
-        device = get_device(o["device"])
-        precision = self.precision or resolve_precision(o["precision"], device)
+        device, precision = device_precision(o, self.precision)
         x = _rescale(to_rgb(image), float(o["scale"]))
         model = self.model
         model.eval()
@@ -497,12 +487,8 @@ class MaskRCNNSegmenter(Segmenter):
         state, options, info = load_weights(path, cls.name)
         seg = cls(**options)
         model = seg._ensure_model(load_pretrained=False)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise CellsynthError(
-                f"{path}: weights do not fit the maskrcnn network in options.json "
-                f"({str(exc).splitlines()[0]})"
-            ) from None
+        load_state_checked(
+            model, state, f"{path}: weights do not fit the maskrcnn network in options.json"
+        )
         seg.info = info
         return seg

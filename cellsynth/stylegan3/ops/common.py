@@ -107,6 +107,16 @@ def check_filtered_lrelu_size(x, fu, fd, up, down, padding) -> None:
         raise CellsynthError(f"filtered_lrelu: output would be empty for input {tuple(x.shape)}")
 
 
+def parse_filtered_lrelu(x, fu, fd, up, down, padding, clamp):
+    """The arguments of filtered_lrelu that every implementation parses: (up, down) as single
+    ints, padding as (px0, px1, py0, py1) (checked to give a non-empty output for ``x``) and
+    ``clamp`` as a float (-1.0: no clamping)."""
+    up, down = parse_square_scaling(up, down, "filtered_lrelu")
+    padding = parse_padding(padding)
+    check_filtered_lrelu_size(x, fu, fd, up, down, padding)
+    return up, down, padding, float(clamp) if clamp is not None else -1.0
+
+
 # ---- the build cache of the compiled kernels ---------------------------------------------------
 def cache_root() -> Path:
     """Folder that holds the builds: ``$CELLSYNTH_OPS_CACHE`` or ``~/.cache/cellsynth/ops``."""

@@ -27,11 +27,10 @@ from torch.autograd.function import once_differentiable
 from cellsynth.errors import CellsynthError
 from cellsynth.stylegan3.ops import cuda_build
 from cellsynth.stylegan3.ops.common import (
-    check_filtered_lrelu_size,
     get_filter_size,
+    parse_filtered_lrelu,
     parse_padding,
     parse_scaling,
-    parse_square_scaling,
     upfirdn2d_output_size,
 )
 
@@ -312,12 +311,9 @@ def filtered_lrelu_cuda(
         tensor [N, C, H', W'] with the dtype of ``x``.
     """
     _check_tensor(x, "filtered_lrelu", ndim=4)
-    up, down = parse_square_scaling(up, down, "filtered_lrelu")
-    padding = parse_padding(padding)
+    up, down, padding, clamp = parse_filtered_lrelu(x, fu, fd, up, down, padding, clamp)
     fu, fd = _filter_on(fu, x), _filter_on(fd, x)
     if b is not None and (not isinstance(b, torch.Tensor) or b.shape != (x.shape[1],)):
         raise CellsynthError(f"filtered_lrelu: b must be a tensor [{x.shape[1]}]")
-    check_filtered_lrelu_size(x, fu, fd, up, down, padding)
-    clamp = float(clamp) if clamp is not None else -1.0
     cfg = (up, down, padding, float(gain), float(slope), clamp, bool(flip_filter))
     return _FilteredLrelu.apply(x, fu, fd, b, cfg)

@@ -16,12 +16,7 @@ from cellsynth.errors import CellsynthError
 from cellsynth.stylegan3.ops import cpu_fast, cuda_ops
 from cellsynth.stylegan3.ops._impl import resolve_impl
 from cellsynth.stylegan3.ops.bias_act import bias_act
-from cellsynth.stylegan3.ops.common import (
-    check_filtered_lrelu_size,
-    filtered_lrelu_output_size,
-    parse_padding,
-    parse_square_scaling,
-)
+from cellsynth.stylegan3.ops.common import filtered_lrelu_output_size, parse_filtered_lrelu
 from cellsynth.stylegan3.ops.upfirdn2d import upfirdn2d
 
 
@@ -75,11 +70,8 @@ def filtered_lrelu(
         raise CellsynthError(
             f"filtered_lrelu: x must be a 4-D tensor, got {getattr(x, 'shape', x)}"
         )
-    up, down = parse_square_scaling(up, down, "filtered_lrelu")
-    padding = parse_padding(padding)
-    check_filtered_lrelu_size(x, fu, fd, up, down, padding)
+    up, down, padding, clamp = parse_filtered_lrelu(x, fu, fd, up, down, padding, clamp)
     gain, slope = float(gain), float(slope)
-    clamp = float(clamp) if clamp is not None else -1.0
     which = resolve_impl(impl, x, "filtered_lrelu")
     if which == "cuda":
         clamp_arg = clamp if clamp >= 0 else None
