@@ -375,7 +375,7 @@ def import_dataset(
             )
 
     # write_dataset reads ``info`` after every sample is written, so the counts that ``finish``
-    # fills in at the end of the last split reach dataset.json (tests/test_import_cli.py checks).
+    # fills in at the end of the last split reach dataset.json (tests/datasets/test_import_cli.py checks).
     info = {"source": provenance, "import": summary}
     bar = tqdm(
         total=total, desc=f"import {kind}", unit="img", disable=not progress, file=sys.stderr
