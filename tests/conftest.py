@@ -294,3 +294,59 @@ def tiny_translator(tmp_path, output_nc=1, label_nc=2, name="p"):
         path, {"G": gen.state_dict()}, "pix2pixhd", {"opt": opt.to_dict(), "size": [32, 32]}
     )
     return path
+
+
+# ---- Dask: one small LocalCluster for the tests of --dask ------------------------------------
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for 'no scheduler there' cases)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dir_files(d: Path) -> list[str]:
+    """Relative paths of the files below ``d``, sorted."""
+    return sorted(str(p.relative_to(d)) for p in Path(d).rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="session")
+def dask_cluster():
+    """A client of a LocalCluster of 2 worker processes with 1 thread each (started once per
+    session; a test may kill a worker, its nanny starts a new one). Skips without Dask."""
+    distributed = pytest.importorskip(
+        "distributed", reason="dask.distributed is not installed (pip install 'cellsynth[dask]')"
+    )
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+def worker_pids(client) -> dict[str, int]:
+    """Worker address -> PID of the workers of a Dask client."""
+    return client.run(os.getpid)
+
+
+def kill_busy_worker(client, when, timeout: float = 120.0) -> dict:
+    """Once ``when()`` is true, kill (SIGKILL, by PID) a worker of ``client`` that is running a
+    task. Returns {"pid", "address"} of the killed worker ({} if none was busy in time)."""
+    import signal
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and not when():
+        time.sleep(0.01)
+    while time.monotonic() < end:
+        busy = [w for w, keys in client.processing().items() if keys]
+        pids = worker_pids(client)
+        busy = [w for w in busy if w in pids]
+        if busy:
+            os.kill(pids[busy[0]], signal.SIGKILL)
+            return {"pid": pids[busy[0]], "address": busy[0]}
+        time.sleep(0.01)
+    return {}

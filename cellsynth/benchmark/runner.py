@@ -24,10 +24,15 @@ include a synthetic one (a cellsynth ``manifest.json``, or ``synthetic_tests``) 
 ``results["validity"]`` holds the rank agreement of :mod:`cellsynth.benchmark.validity`, or
 ``{"error": line}`` when it cannot be computed (fewer than 3 segmenters with results, a test set
 without objects); it never fails the run.
+
+With ``dask`` (``--dask local:N|ADDRESS``) the training stays here and the test images are
+predicted and scored by the workers of a Dask cluster (:mod:`cellsynth.benchmark.cluster`), with
+the same results; the per-image step both use is :mod:`cellsynth.benchmark.scoring`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import gc
@@ -44,7 +49,16 @@ import numpy as np
 
 from cellsynth.atomic import atomic_dir, check_writable, write_text
 from cellsynth.benchmark import metrics, validity
+from cellsynth.benchmark.scoring import (
+    check_prediction,
+    finish_dataset_result,
+    new_dataset_result,
+    sample_indices,
+    score_image,
+)
+from cellsynth.benchmark.scoring import error_line as _error_line
 from cellsynth.benchmark.segmenters.base import available, get_segmenter_class
+from cellsynth.cluster import dask_client, parse_dask
 from cellsynth.datasets.canonical import SPLITS, CanonicalDataset
 from cellsynth.datasets.io import write_labels
 from cellsynth.errors import CellsynthError
@@ -222,26 +236,6 @@ def _resolve(name: str):
         return None, str(exc)
 
 
-def _error_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")
-
-
-def check_prediction(pred, image: np.ndarray, where: str) -> np.ndarray:
-    """Validate a segmenter's output against its input image; return the labels."""
-    if not isinstance(pred, np.ndarray):
-        raise CellsynthError(f"{where}: prediction is a {type(pred).__name__}, not a numpy array")
-    if pred.shape != image.shape[:2]:
-        raise CellsynthError(
-            f"{where}: prediction shape {pred.shape} does not match image shape {image.shape[:2]}"
-        )
-    if not np.issubdtype(pred.dtype, np.integer) or pred.dtype == bool:
-        raise CellsynthError(f"{where}: prediction dtype {pred.dtype} is not integer labels")
-    if pred.size and pred.min() < 0:
-        raise CellsynthError(f"{where}: prediction has negative labels")
-    return pred
-
-
 def cache_key(name: str, options: dict, budget: dict, fingerprint: str) -> str:
     doc = json.dumps(
         {"segmenter": name, "options": options, "budget": budget, "train": fingerprint},
@@ -271,56 +265,50 @@ def _clean(x):
     return x
 
 
-def _sample_indices(n: int, k: int) -> list[int]:
-    if n == 0 or k <= 0:
-        return []
-    return sorted({int(round(i)) for i in np.linspace(0, n - 1, min(k, n))})
-
-
-def _new_dataset_result() -> dict:
-    return {"status": "ok", "error": None, "predict_s": 0.0, "images": [], "summary": None}
-
-
 def _score_test_set(seg, name, tag, dkey, ds, tmp, n_samples, progress, fail) -> dict:
     """Predict and score every image of test set ``dkey`` with segmenter ``name`` (``tag``: see
     :func:`_run_one`); the first failure, reported by ``fail(stage, exc) -> line``, ends it. The
     predictions of ``n_samples`` images spread over the set go to ``tmp/samples``."""
     from tqdm import tqdm
 
-    dres = _new_dataset_result()
-    show = set(_sample_indices(len(ds), n_samples))
+    dres = new_dataset_result()
+    show = set(sample_indices(len(ds), n_samples))
     desc = f"{name}{tag} on {dkey}"
     bar = tqdm(range(len(ds)), desc=desc, disable=not progress, leave=False)
     for i in bar:
         sample = ds[i]
-        where = f"{name} on {dkey}/{sample.name}"
         try:
-            t0 = time.perf_counter()
-            pred = seg.predict(sample.image)
-            elapsed = time.perf_counter() - t0
-            pred = check_prediction(pred, sample.image, where)
+            row, pred = score_image(seg, sample, f"{name} on {dkey}/{sample.name}")
         except Exception as exc:
             line = fail(f"predict {dkey}/{sample.name}", exc)
             dres.update(status="failed", error=line)
             break
-        row = metrics.image_metrics(sample.labels, pred)
-        row.update(name=sample.name, predict_s=elapsed)
         dres["images"].append(row)
-        dres["predict_s"] += elapsed
+        dres["predict_s"] += row["predict_s"]
         if i in show:
             write_labels(tmp / "samples" / f"{name}{tag}" / dkey / f"{sample.name}.tif", pred)
-    if dres["status"] == "ok" and dres["images"]:
-        dres["summary"] = metrics.summarize(dres["images"])
-        dres["predict_s_per_image"] = dres["predict_s"] / len(dres["images"])
-    return dres
+    return finish_dataset_result(dres)
 
 
 def _run_one(
-    name, opts, budget, train, train_fp, tests, tmp, cache_dir, progress, n_samples, tag=""
+    name,
+    opts,
+    budget,
+    train,
+    train_fp,
+    tests,
+    tmp,
+    cache_dir,
+    progress,
+    n_samples,
+    tag="",
+    client=None,
 ):
     """Train/load, predict and score one segmenter; returns its result dict (never raises for
     the segmenter's own errors). ``tag`` is appended to the segmenter's name in the folders it
-    writes (work/, samples/, logs/), so a second training of the same segmenter keeps apart."""
+    writes (work/, samples/, logs/), so a second training of the same segmenter keeps apart.
+    With a Dask ``client`` the trained segmenter is sent to every worker once and the test
+    images are predicted and scored there (:mod:`cellsynth.benchmark.cluster`)."""
     res = {
         "status": "ok",
         "error": None,
@@ -335,12 +323,15 @@ def _run_one(
     }
     log = []
 
-    def fail(stage, exc):
+    def failed(stage, error, trace):
         res["status"] = "failed"
-        line = f"{stage}: {_error_line(exc)}"
+        line = f"{stage}: {error}"
         res["error"] = res["error"] or line
-        log.append(f"== {stage}\n{''.join(traceback.format_exception(exc))}")
+        log.append(f"== {stage}\n{trace}")
         return line
+
+    def fail(stage, exc):
+        return failed(stage, _error_line(exc), "".join(traceback.format_exception(exc)))
 
     cls, err = _resolve(name)
     seg = None
@@ -403,13 +394,29 @@ def _run_one(
     if seg is not None and res["trained"]:
         info = getattr(seg, "info", None)
         res["training"] = _clean(dict(info)) if isinstance(info, dict) and info else None
-    for dkey, ds in tests.items():
-        if seg is None:
-            dres = _new_dataset_result()
-            dres.update(status="failed", error=res["error"])
-        else:
-            dres = _score_test_set(seg, name, tag, dkey, ds, tmp, n_samples, progress, fail)
-        res["datasets"][dkey] = dres
+    shipped = None
+    if seg is not None and client is not None:
+        from cellsynth.benchmark import cluster
+
+        try:
+            shipped = cluster.ship(client, seg)
+        except Exception as exc:  # e.g. a model that cannot be pickled: predict here
+            log.append(f"== dask: cannot send {name} to the workers; predicted here\n{exc}")
+    try:
+        for dkey, ds in tests.items():
+            if seg is None:
+                dres = new_dataset_result()
+                dres.update(status="failed", error=res["error"])
+            elif shipped is not None:
+                dres = cluster.score_test_set(
+                    client, shipped, name, tag, dkey, ds, tmp, n_samples, progress, failed
+                )
+            else:
+                dres = _score_test_set(seg, name, tag, dkey, ds, tmp, n_samples, progress, fail)
+            res["datasets"][dkey] = dres
+    finally:
+        if shipped is not None:
+            cluster.release(client, shipped)
     if log:
         write_text(tmp / "logs" / f"{name}{tag}.txt", "\n".join(log))
     return res
@@ -524,6 +531,7 @@ def run_benchmark(
     synthetic_tests=(),
     n_boot: int = 1000,
     seed: int = 0,
+    dask=None,
 ) -> dict:
     """Benchmark segmenters on canonical test datasets and write the results folder ``out``.
 
@@ -549,6 +557,9 @@ def run_benchmark(
         n_boot, seed: bootstrap samples and seed of the rank agreement (``results["validity"]``,
             computed when the run has a synthetic and a real test set, see
             :mod:`cellsynth.benchmark.validity`).
+        dask: None, or a Dask cluster ("local:N", a scheduler address or scheduler file, see
+            :mod:`cellsynth.cluster`): the test images are predicted and scored on its workers
+            (training stays here; the results are those of a run without it).
     Returns: the results dict (also written to ``out/results.json``).
     """
     from tqdm import tqdm
@@ -565,6 +576,7 @@ def run_benchmark(
         raise CellsynthError(f"--bootstrap must be >= 1, got {n_boot}")
     if train_real_dir is not None and train_dir is None:
         raise CellsynthError("--train-real needs --train (the synthetic training split)")
+    dask = parse_dask(dask)
 
     train, train_fp = None, None
     if train_dir is not None:
@@ -593,12 +605,23 @@ def run_benchmark(
     }
     if train_real is not None:
         results["train_real"] = _split_record(train_real, train_real_fp)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    reach = dask_client(dask) if dask is not None else contextlib.nullcontext()
+    with reach as client, atomic_dir(out, overwrite=overwrite) as tmp:
         for name in tqdm(names, desc="segmenters", disable=not progress):
             opts = dict(options.get(name) or {})
             budget = {k: v for k, v in dict(budgets.get(name) or {}).items() if v is not None}
             results["segmenters"][name] = _run_one(
-                name, opts, budget, train, train_fp, tests, tmp, cache_dir, progress, n_samples
+                name,
+                opts,
+                budget,
+                train,
+                train_fp,
+                tests,
+                tmp,
+                cache_dir,
+                progress,
+                n_samples,
+                client=client,
             )
             _free_memory()
             if train_real is not None:
@@ -614,6 +637,7 @@ def run_benchmark(
                     progress,
                     0,
                     tag=TRAIN_REAL_TAG,
+                    client=client,
                 )
                 _free_memory()
         results = _clean(results)

@@ -179,6 +179,13 @@ def benchmark():
     "agreement even without a cellsynth manifest.json); repeat for several.",
 )
 @_bootstrap_options("Bootstrap resamples for the rank agreement's intervals.")
+@click.option(
+    "--dask",
+    default=None,
+    help="Predict and score the test images on a Dask cluster: local:N (N worker processes "
+    "started for the run), the address of a running scheduler (tcp://HOST:8786) or its "
+    "scheduler file (.json); training stays here. Needs the dask extra.",
+)
 @_overwrite_quiet_options("Replace an existing output folder.")
 def run_cmd(
     train_dir,
@@ -195,6 +202,7 @@ def run_cmd(
     synthetic_tests,
     n_boot,
     seed,
+    dask,
     overwrite,
     quiet,
 ):
@@ -243,6 +251,7 @@ def run_cmd(
         synthetic_tests=synthetic_tests,
         n_boot=n_boot,
         seed=seed,
+        dask=dask,
     )
     click.echo(_summary_text(results))
     if results.get("train_transfer"):

@@ -24,6 +24,7 @@ Modules:
 - ``sources``    loading and checking the generator, the translators and real masks
 - ``sample``     the work on one sample (labels, puncta, image, files), run by the workers
 - ``scheduler``  the process pool and the GAN batches feeding it
+- ``cluster``    ``--dask``: the same batches as chunks run by the workers of a Dask cluster
 - ``folder``     the output folder: lock, --resume / --overwrite / --shard policy
 - ``coco``       annotations.json;  ``manifest``  manifest.json;  ``merge``  joining shards
 - ``run``        :func:`synth` and :func:`merge_shards`

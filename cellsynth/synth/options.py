@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from cellsynth.cluster import parse_dask
 from cellsynth.errors import CellsynthError, require
 from cellsynth.options import keyword_map, normalise, option
 from cellsynth.tools.combine import MODES
@@ -30,6 +31,7 @@ BORDER = ("keep", "drop")
 THRESHOLD_METHODS = ("fixed", *GLOBAL_METHODS)
 NOISE_MODES = ("const", "random", "none")
 SOURCE_KINDS = ("stylegan3", "pix2pixhd")
+DASK_WRITE = ("auto", "workers", "client")  # who writes the samples of a --dask run
 
 
 def parse_shard(text) -> tuple[int, int] | None:
@@ -232,8 +234,20 @@ class RunOptions:
     shard: tuple | str | None = option(
         None, text=True, help="i/N: this run makes every N-th seed from i."
     )
-    batch: int = option(8, help="GAN batch size.")
+    batch: int = option(8, help="GAN batch size (with --dask also the seeds of a chunk).")
     workers: int = option(0, help="Worker processes (0 = in the main process).")
+    dask: str | None = option(
+        None,
+        help="Run on a Dask cluster: local:N (N worker processes started for the run), the "
+        "address of a running scheduler (tcp://HOST:8786) or its scheduler file (.json). Needs "
+        "the dask extra.",
+    )
+    dask_write: str = option(
+        "auto",
+        choices=DASK_WRITE,
+        help="With --dask, who writes the samples: auto (each worker that sees --out, i.e. a "
+        "shared filesystem; the client for the others), workers, or client.",
+    )
     device: str | None = option(None, help="Torch device (default: cuda if available).")
     overwrite: bool = option(False, help="Replace an existing output folder.")
     progress: bool = option(False, switch=True, help="Show a progress bar.")
@@ -243,6 +257,11 @@ class RunOptions:
         normalise(self)
         require(self.batch >= 1, f"--batch must be >= 1, got {self.batch}")
         require(self.workers >= 0, f"--workers must be >= 0, got {self.workers}")
+        parse_dask(self.dask)  # a malformed --dask: one line now, before anything is loaded
+        require(
+            not (self.dask and self.workers),
+            "give --workers (processes on this machine) or --dask (a cluster), not both",
+        )
         require(
             not (self.overwrite and self.shard),
             "--overwrite with --shard would delete other shards' work",

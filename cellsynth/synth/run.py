@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
 from cellsynth.atomic import check_folder_target
+from cellsynth.cluster import dask_client
 from cellsynth.errors import require
 from cellsynth.lock import LOCK_NAME, lock_folder
 from cellsynth.synth.folder import check_other_locks, open_output
@@ -47,10 +49,14 @@ def synth(
             ``spots_intensity_mean``, ``spots_intensity_spread``, ``spots_psf_sigma``,
             ``spots_mode``, ``spots_channel``, ``spots_model``, ``spots_image_scale``,
             ``photons``, ``read_noise`` (puncta); ``resume``, ``shard`` ("i/N"), ``batch``,
-            ``workers`` (0 = this process), ``device``, ``overwrite``, ``progress``.
+            ``workers`` (0 = this process), ``dask`` ("local:N", a scheduler address or
+            scheduler file: the chunks run on a Dask cluster, see :mod:`cellsynth.synth.cluster`),
+            ``dask_write`` ("auto", "workers", "client"), ``device``, ``overwrite``,
+            ``progress``.
 
     Returns:
-        summary dict: out, written, skipped, seconds, per-stage seconds, shard.
+        summary dict: out, written, skipped, seconds, per-stage seconds, shard (and with
+        ``dask``: chunks, slots, who wrote how many samples, summed chunk seconds).
     """
     t_start = time.perf_counter()
     out = check_folder_target(out)
@@ -65,11 +71,21 @@ def synth(
     shard = opts.run.shard
     encoding = inputs.generator.encoding if inputs.generator is not None else None
     plan = Plan(str(out), opts, inputs.mask_files, encoding)
-    with open_output(out, run, seed_list, opts.run):
-        records, anns, times, written = run_samples(plan, inputs, seed_list)
+    facts = None
+    # the cluster is reached before --out is touched: a bad address leaves nothing behind
+    cluster = dask_client(opts.run.dask) if opts.run.dask else contextlib.nullcontext()
+    with cluster as client, open_output(out, run, seed_list, opts.run):
+        if client is None:
+            records, anns, times, written = run_samples(plan, inputs, seed_list)
+        else:
+            from cellsynth.synth.cluster import run_samples_dask
+
+            records, anns, times, written, facts = run_samples_dask(
+                client, plan, inputs, seed_list, inputs.checkpoints
+            )
         seed_index = {s: i for i, s in enumerate(seed_list)}
         write_outputs(out, run, records, anns, seed_index, shard)
-    return {
+    summary = {
         "out": str(out),
         "written": written,
         "skipped": len(records) - written,
@@ -77,6 +93,9 @@ def synth(
         "stages": times,
         "shard": shard,
     }
+    if facts is not None:
+        summary["dask"] = facts
+    return summary
 
 
 def merge_shards(out) -> dict:

@@ -85,10 +85,12 @@ def seed_groups(seed_list: list[int], shard, batch: int, gan: bool) -> list[list
 
 
 def clear_partial(out: Path, seeds) -> None:
-    """Remove what killed runs left of these samples in ``out/.partial``."""
+    """Remove what killed runs left of these samples in ``out/.partial`` (their files, and the
+    temporary names of a write that was cut short)."""
     for s in seeds:
-        for f in (out / PARTIAL).glob(f"{sample_name(s)}.*"):
-            f.unlink(missing_ok=True)
+        for pattern in (f"{sample_name(s)}.*", f".{sample_name(s)}.*"):
+            for f in (out / PARTIAL).glob(pattern):
+                f.unlink(missing_ok=True)
 
 
 # ---- the run -----------------------------------------------------------------------------------
@@ -190,10 +192,12 @@ class Scheduler:
             while len(self.waiting) > self.max_pending:
                 self.advance()
 
-    def run(self, groups: list[list[int]], done: list[int]) -> None:
+    def run(self, groups: list[list[int]], done: list[int], skip=()) -> None:
+        """Make the samples of ``groups``; read back those in ``done``; leave out those in
+        ``skip`` altogether (someone else reads them back)."""
         for job in [self.pool.submit("done", (s,)) for s in done]:
             self.collect(job.get())
-        done_set = set(done)
+        done_set = set(done) | set(skip)
         for group in groups:
             self.run_group(group, done_set)
         while self.waiting:
