@@ -65,7 +65,7 @@ def mask_figures(args, train, test) -> dict:
     from cellsynth.stylegan3.generate import MaskGenerator
     from cellsynth.stylegan3.metrics import realism
 
-    gen = MaskGenerator.load(args.masks)
+    gen = MaskGenerator.load(args.masks, fp32=args.fp32)
     res = gen.resolution
     real_test = label_tiles(test, res, args.tile)
     real_train = label_tiles(train, res, args.tile)
@@ -254,6 +254,7 @@ def main():
     ap.add_argument("--num", type=int, default=1000)
     ap.add_argument("--tile", type=int, default=128, help="crop size before the down-scaling")
     ap.add_argument("--min-size", type=int, default=0, help="decode: drop smaller objects")
+    ap.add_argument("--fp32", action="store_true", help="generate in float32 (default: mixed)")
     ap.add_argument("--skip-masks", action="store_true")
     ap.add_argument("--skip-images", action="store_true")
     ap.add_argument("--grid-dir", default=None)
