@@ -38,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from cellsynth.precision import cpu_kind
 from cellsynth.synth import synth
 
 
@@ -210,6 +211,7 @@ def main() -> None:
                 "threads": os.environ.get("OMP_NUM_THREADS"),
                 "cpus": os.cpu_count(),
                 "machine": platform.machine(),
+                "cpu": cpu_kind(),
                 "results": rows,
             },
             indent=1,

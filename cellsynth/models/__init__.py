@@ -104,21 +104,14 @@ def resolve(spec: str | os.PathLike, kind: str, option: str = "--network", root=
     """
     if kind not in KINDS:
         raise CellsynthError(f"unknown model kind {kind!r}; use one of {', '.join(KINDS)}")
-    path = Path(spec)
-    if path.exists():
-        return path
-    model = find(str(spec), kind, root)
-    if model is None:
+    path = lookup(spec, kind, root)
+    if not path.exists():
         known = ", ".join(names(kind, root)) or "none"
         raise CellsynthError(
             f"{option} {spec}: no such file, and no shipped {kind} model of that name "
             f"(shipped: {known}; see `cellsynth models`)"
         )
-    if not model.path.is_file():
-        raise CellsynthError(
-            f"{option} {spec}: the shipped file {model.path} is missing; reinstall cellsynth"
-        )
-    return model.path
+    return path
 
 
 def lookup(spec: str | os.PathLike, kind: str, root=None) -> Path:
