@@ -12,6 +12,8 @@ and fp16, at the shapes of a stylegan3-t network at 256x256 with batch 32:
 
     python perf/ops_bench.py [--batch 32] [--res 256] [--iters 10] [--dtypes fp32,fp16]
     python perf/ops_bench.py --smoke     # tiny shapes; on a machine without CUDA: ref only
+
+Each case is also printed to stderr as one JSON line the moment it is measured.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import functools
 import json
 import platform
+import sys
 import time
 
 import torch
@@ -187,6 +190,8 @@ def main(argv=None):
         if timings.get("ref_ms") and timings.get("cuda_ms"):
             row["speedup"] = round(timings["ref_ms"] / timings["cuda_ms"], 2)
         results.append(row)
+        # one line per case as it finishes, so a run stopped by a time limit still reports
+        print(json.dumps(row), file=sys.stderr, flush=True)
 
     gen = torch.Generator(device="cpu").manual_seed(0)
     for dname in dtypes:

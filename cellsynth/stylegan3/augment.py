@@ -32,6 +32,61 @@ PRESETS = {
 }
 
 
+# aten enums of grid_sampler_2d: interpolation 0 = bilinear; padding 2 = reflection.
+_BILINEAR, _REFLECTION = 0, 2
+
+
+class _Resample(torch.autograd.Function):
+    """Bilinear, reflection-padded ``grid_sample`` of an image by a fixed grid, differentiable
+    any number of times with respect to the image.
+
+    R1 differentiates the discriminator's gradient with respect to the (augmented) reals, which
+    goes through the backward of ``grid_sample``; some torch versions (2.11 on CUDA, for one)
+    have no derivative for that backward. Sampling by a fixed grid is linear in the image, so its
+    backward is the transposed sampling (``_ResampleT``), and the backward of that is the
+    sampling again. The grid gets no gradient (the augmentation parameters are not learned).
+    """
+
+    @staticmethod
+    def forward(ctx, x, grid):
+        ctx.save_for_backward(grid)
+        ctx.image_shape = x.shape
+        return F.grid_sample(
+            x, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+        )
+
+    @staticmethod
+    def backward(ctx, gy):
+        (grid,) = ctx.saved_tensors
+        return _ResampleT.apply(gy, grid, ctx.image_shape), None
+
+
+class _ResampleT(torch.autograd.Function):
+    """The transpose of ``_Resample``: scatters an output-sized gradient back onto the image."""
+
+    @staticmethod
+    def forward(ctx, gy, grid, image_shape):
+        ctx.save_for_backward(grid)
+        like = gy.new_empty(image_shape)  # only its shape and dtype are read
+        gx, _ = torch.ops.aten.grid_sampler_2d_backward(
+            gy.contiguous(), like, grid, _BILINEAR, _REFLECTION, False, [True, False]
+        )
+        return gx
+
+    @staticmethod
+    def backward(ctx, ggx):
+        (grid,) = ctx.saved_tensors
+        return _Resample.apply(ggx, grid), None, None
+
+
+def resample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """``grid_sample(x, grid)`` (bilinear, reflection padding, align_corners=False) that can be
+    differentiated twice with respect to ``x`` on every device and torch version."""
+    if grid.requires_grad:
+        raise CellsynthError("resample: the sampling grid must not require a gradient")
+    return _Resample.apply(x, grid)
+
+
 def _rot2d(theta: torch.Tensor) -> torch.Tensor:
     """N angles -> N x 3 x 3 rotation matrices."""
     c, s = torch.cos(theta), torch.sin(theta)
@@ -224,9 +279,7 @@ class AugmentPipe(torch.nn.Module):
             from_norm = torch.diag(torch.tensor([w / 2.0, h / 2.0, 1.0], device=images.device))
             theta = (to_norm @ m @ from_norm)[:, :2, :]
             grid = F.affine_grid(theta.to(x.dtype), [n, ch, h, w], align_corners=False)
-            x = F.grid_sample(
-                x, grid, mode="bilinear", padding_mode="reflection", align_corners=False
-            )
+            x = resample(x, grid)
         if any(v > 0 for v in self.colour.values()):
             if ch != 3:
                 raise CellsynthError(f"colour augmentation needs 3-channel images, got {ch}")

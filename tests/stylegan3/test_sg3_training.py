@@ -70,6 +70,51 @@ def test_augment_gradient_flows_and_double_backward():
     assert torch.isfinite(x.grad).all()
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_resample_matches_grid_sample_to_second_order(device):
+    """The augmentation's own resampling against torch's grid_sample: values, gradients and the
+    R1-style second derivative (float64; gradcheck and gradgradcheck too). Where torch has no
+    native second derivative (torch 2.11 on CUDA), only the first order is compared and the
+    second is checked by gradgradcheck."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    import torch.nn.functional as F
+
+    from cellsynth.stylegan3.augment import resample
+
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 3, 9, 7, generator=gen, dtype=torch.float64).to(device)
+    w = torch.randn(2, 3, 9, 7, generator=gen, dtype=torch.float64).to(device)
+    theta = torch.tensor([[0.9, 0.2, 0.1], [-0.3, 1.1, -0.2]], dtype=torch.float64)
+    grid = F.affine_grid(theta.repeat(2, 1, 1), [2, 3, 9, 7], align_corners=False).to(device)
+
+    def native(x):
+        return F.grid_sample(
+            x, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+        )
+
+    def orders(fn, second):
+        x = x0.clone().requires_grad_()
+        y = fn(x)
+        (gx,) = torch.autograd.grad((y * w).sin().sum(), x, create_graph=second)
+        if not second:
+            return y, gx
+        (ggx,) = torch.autograd.grad(gx.square().sum(), x)
+        return y, gx, ggx
+
+    try:
+        ref = orders(native, True)
+    except RuntimeError:  # no native derivative of grid_sample's backward here
+        ref = orders(native, False)
+    for a, b in zip(orders(lambda x: resample(x, grid), len(ref) == 3), ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    x = x0.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: resample(t, grid), x)
+    assert torch.autograd.gradgradcheck(lambda t: resample(t, grid), x)
+    with pytest.raises(CellsynthError, match="grid"):
+        resample(x, grid.clone().requires_grad_())
+
+
 def test_colour_only_for_three_channels():
     from cellsynth.stylegan3.augment import AugmentPipe
 
