@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=2 python perf/pretrained_goals.py [--masks dsb2018-nuclei]
         [--images dsb2018-nuclei] [--num 1000] [--data ../shared/data/dsb2018-fluo]
-        [--skip-masks] [--skip-images] [--grid-dir DIR]
+        [--skip-masks] [--skip-images] [--grid-dir DIR] [--probe-model NAME=DIR ...]
 
 Prints one JSON object. Masks: ``--num`` generated tiles decoded to instances against the real
 test tiles at the generator's scale (the tiles ``dataset pack`` makes from the test split:
@@ -173,6 +173,10 @@ def image_figures(args, train, test) -> dict:
         "probe_ratio": round(ap_synth / ap_real, 4) if ap_real else None,
     }
     goals = {"probe_ratio": bool(ap_real and ap_synth / ap_real >= 0.95)}
+    for spec in args.probe_model:
+        name, ratio = trained_probe(spec, synth, test)
+        out[f"probe_{name}"] = ratio
+        goals[f"probe_ratio_{name}"] = bool(ratio["ratio"]["ap50"] >= 0.95)
     for name, real, syn, ref in (
         ("nucleus_mean_intensity", n_real, n_syn, n_tr),
         ("background_intensity", b_real, b_syn, b_tr),
@@ -246,6 +250,22 @@ def write_image_grid(path: Path, test, synth, n: int = 6, crop: int = 256) -> No
     write_image(path, np.concatenate(rows, axis=0))
 
 
+def trained_probe(spec: str, synth, test) -> tuple[str, dict]:
+    """``NAME=DIR``: the segmenter ``NAME`` saved in ``DIR`` (e.g. the model folder a
+    ``perf/segmenters_learn.py`` run keeps) scored on the translated and the real test images
+    against the same masks (paired fidelity, with its paired-bootstrap interval)."""
+    from cellsynth.benchmark.segmenters import get_segmenter_class
+    from cellsynth.benchmark.validity import paired_fidelity
+
+    name, _, folder = spec.partition("=")
+    if not folder:
+        raise SystemExit(f"--probe-model wants NAME=DIR, got {spec!r}")
+    seg = get_segmenter_class(name).load(folder)
+    res = paired_fidelity(synth, [s.image for s in test], [s.labels for s in test], seg)
+    keep = ("n_images", "translated", "real", "ratio", "ratio_ci")
+    return name, {"model": folder, **{k: res[k] for k in keep}}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--masks", default="dsb2018-nuclei")
@@ -258,6 +278,12 @@ def main():
     ap.add_argument("--skip-masks", action="store_true")
     ap.add_argument("--skip-images", action="store_true")
     ap.add_argument("--grid-dir", default=None)
+    ap.add_argument(
+        "--probe-model",
+        action="append",
+        default=[],
+        help="NAME=DIR: a trained segmenter saved in DIR, as a second probe (repeatable)",
+    )
     args = ap.parse_args()
     from cellsynth.precision import cpu_kind
 

@@ -33,7 +33,7 @@ OPTIONS = {
     "maskrcnn": {"arch": "resnet18_fpn", "mask_head": [128, 128], "box_batch_size_per_image": 128},
     "cellpose": {"bsize": 128},  # 3x the steps of 224-px crops; nuclei are ~20 px here
 }
-DEEP = ("unet", "u2net", "maskrcnn", "cellpose")
+DEEP = ("unet", "u2net", "maskrcnn", "cellpose", "stardist")
 
 
 def cpu_model() -> str:

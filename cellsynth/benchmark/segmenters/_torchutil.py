@@ -211,17 +211,21 @@ def predict_tiled(fn, x: np.ndarray, tile: int = 256, overlap: int = 32, multipl
     return (acc / np.maximum(weight, 1e-6))[:, :h, :w]
 
 
+def cosine_lr_value(base_lr: float, frac: float, warmup: float = 0.05) -> float:
+    """The learning rate at training fraction ``frac``: linear warm-up, then cosine decay to
+    5 % of base_lr."""
+    if frac < warmup:
+        return base_lr * (0.1 + 0.9 * frac / warmup)
+    t = (frac - warmup) / max(1.0 - warmup, 1e-9)
+    return base_lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0))))
+
+
 def cosine_lr(optimizer, base_lr: float, warmup: float = 0.05):
-    """A ``set_lr(fraction)`` callback: linear warm-up, then cosine decay to 5 % of base_lr."""
+    """A ``set_lr(fraction)`` callback for a torch optimizer (:func:`cosine_lr_value`)."""
 
     def set_lr(frac: float) -> None:
-        if frac < warmup:
-            lr = base_lr * (0.1 + 0.9 * frac / warmup)
-        else:
-            t = (frac - warmup) / max(1.0 - warmup, 1e-9)
-            lr = base_lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0))))
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = cosine_lr_value(base_lr, frac, warmup)
 
     return set_lr
 

@@ -40,6 +40,7 @@ MODULES = {
     "maskrcnn": "cellsynth.benchmark.segmenters.maskrcnn",
     "u2net": "cellsynth.benchmark.segmenters.u2net",
     "unet": "cellsynth.benchmark.segmenters.unet",
+    "stardist": "cellsynth.benchmark.segmenters.stardist",
 }
 
 

@@ -1,0 +1,130 @@
+"""The StarDist segmenter (the real stardist package): fit, predict, save/load, learning,
+pretrained local models and errors. Tiny networks on 64 x 64 disks; skipped without stardist."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("stardist")
+pytest.importorskip("tensorflow")
+
+from conftest import disks_dataset, disks_sample  # noqa: E402
+
+from cellsynth.benchmark.metrics import average_precision  # noqa: E402
+from cellsynth.benchmark.segmenters import make_segmenter  # noqa: E402
+from cellsynth.benchmark.segmenters.stardist import StarDistSegmenter, _pad_to  # noqa: E402
+from cellsynth.errors import CellsynthError  # noqa: E402
+
+TINY = dict(patch=64, unet_depth=2, unet_filters=8, n_rays=16, batch_size=4, n_evals=2)
+
+
+@pytest.fixture(scope="module")
+def disks(tmp_path_factory):
+    return disks_dataset(tmp_path_factory.mktemp("sd") / "ds", 6)
+
+
+@pytest.fixture(scope="module")
+def trained(disks, tmp_path_factory):
+    """One tiny model trained for 300 steps (shared by the tests below)."""
+    seg = make_segmenter("stardist", **TINY, lr=3e-3, val_fraction=0.2)
+    work = tmp_path_factory.mktemp("sd-work")
+    seg.fit(disks, work, epochs=150, progress=False)
+    return seg, work
+
+
+def _labels_ok(lab, shape):
+    assert lab.dtype in (np.uint16, np.uint32) and lab.shape == shape
+    ids = np.unique(lab[lab > 0])
+    assert np.array_equal(ids, np.arange(1, len(ids) + 1))
+
+
+@pytest.mark.slow
+def test_fit_learns_and_round_trips(trained, disks, tmp_path):
+    seg, work = trained
+    info = seg.info
+    assert info["steps"] > 0 and info["validation"]["n_images"] >= 1
+    # better than its untrained state (the curve's first point) on the validation slice
+    curve = [p["val_ap50"] for p in info["curve"]]
+    assert info["best"]["val_ap50"] > curve[0]
+    assert info["postprocess"]["params"].keys() == {"prob_thresh", "nms_thresh"}
+    # and on a fresh image it does better than the same network untrained
+    s = disks_sample(99)
+    lab = seg.predict(s.image)
+    _labels_ok(lab, s.image.shape)
+    untrained = make_segmenter("stardist", **TINY, lr=3e-3, val_fraction=0.2)
+    untrained._ensure_model(1)
+    ap_untrained = average_precision(s.labels, untrained.predict(s.image), [0.5])[0][0]
+    assert average_precision(s.labels, lab, [0.5])[0][0] > ap_untrained + 0.2
+    # odd sizes and 3-D single-channel images
+    odd = np.ascontiguousarray(s.image[:50, :45])
+    _labels_ok(seg.predict(odd), odd.shape)
+    _labels_ok(seg.predict(s.image[..., None]), s.image.shape)
+    # weights only on disk; the same predictions after a reload
+    assert (work / "model" / "weights.pt").is_file()
+    import torch
+
+    state = torch.load(work / "model" / "weights.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    again = StarDistSegmenter.load(work / "model")
+    assert again.options == seg.options
+    np.testing.assert_array_equal(again.predict(s.image), lab)
+
+
+def test_pretrained_local_folder(tmp_path, disks):
+    """A model in StarDist's own folder format (config.json + weights) is used as it is, with
+    its own thresholds, and gives what StarDist itself gives."""
+    from stardist.models import Config2D, StarDist2D
+
+    conf = Config2D(n_rays=16, grid=(2, 2), unet_n_depth=2, unet_n_filter_base=8)
+    model = StarDist2D(conf, name="tiny_fluo", basedir=str(tmp_path))
+    model.keras_model.save_weights(str(tmp_path / "tiny_fluo" / "weights_best.weights.h5"))
+    (tmp_path / "tiny_fluo" / "thresholds.json").write_text('{"prob": 0.6, "nms": 0.3}')
+    seg = make_segmenter("stardist", pretrained=str(tmp_path / "tiny_fluo"))
+    seg.fit(disks, tmp_path / "work", epochs=1, progress=False)  # nothing trained
+    assert seg.info["steps"] == 0
+    img = disks[0].image
+    from csbdeep.utils import normalize
+
+    want, _ = model.predict_instances(
+        normalize(img.astype(np.float32), 1, 99.8), prob_thresh=0.6, nms_thresh=0.3
+    )
+    got = seg.predict(img)
+    _labels_ok(got, img.shape)
+    assert (got > 0).sum() == (want > 0).sum()
+    again = StarDistSegmenter.load(tmp_path / "work" / "model")
+    np.testing.assert_array_equal(again.predict(img), got)
+
+
+def test_errors(tmp_path, monkeypatch):
+    with pytest.raises(CellsynthError, match="unknown option"):
+        make_segmenter("stardist", no_such=1)
+    with pytest.raises(CellsynthError, match="multiple of 16"):
+        make_segmenter("stardist", patch=100)
+    seg = make_segmenter("stardist", **TINY)
+    with pytest.raises(CellsynthError, match="not trained"):
+        seg.predict(np.zeros((32, 32), np.uint8))
+    with pytest.raises(CellsynthError, match="no saved stardist"):
+        StarDistSegmenter.load(tmp_path)
+    with pytest.raises(CellsynthError, match="empty"):
+        seg.fit([], tmp_path, epochs=1, progress=False)
+    bad = make_segmenter("stardist", pretrained=str(tmp_path / "nope"))
+    with pytest.raises(CellsynthError, match="config.json and weights_best.h5"):
+        bad.predict(np.zeros((32, 32), np.uint8))
+    monkeypatch.setitem(sys.modules, "stardist.models", None)  # as if not installed
+    with pytest.raises(CellsynthError, match=r"cellsynth\[stardist\]"):
+        make_segmenter("stardist", **TINY).fit(
+            [disks_sample(0)], tmp_path / "w", epochs=1, progress=False
+        )
+
+
+def test_pad_to():
+    img = np.arange(12, dtype=np.float32).reshape(3, 4)
+    out = _pad_to(img, 6)
+    assert out.shape == (6, 6) and np.array_equal(out[:3, :4], img)
+    lab = np.ones((3, 4), np.int32)
+    padded = _pad_to(lab, 5)
+    assert padded.shape == (5, 5) and padded[3:].sum() == 0 and padded[:, 4:].sum() == 0
+    assert _pad_to(img, 2) is img
