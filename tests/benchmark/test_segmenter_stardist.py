@@ -9,14 +9,22 @@ import numpy as np
 import pytest
 
 pytest.importorskip("stardist")
-pytest.importorskip("tensorflow")
 
 from conftest import disks_dataset, disks_sample  # noqa: E402
 
 from cellsynth.benchmark.metrics import average_precision  # noqa: E402
 from cellsynth.benchmark.segmenters import make_segmenter  # noqa: E402
-from cellsynth.benchmark.segmenters.stardist import StarDistSegmenter, _pad_to  # noqa: E402
+from cellsynth.benchmark.segmenters.stardist import (  # noqa: E402
+    StarDistSegmenter,
+    _pad_to,
+    import_tensorflow,
+)
 from cellsynth.errors import CellsynthError  # noqa: E402
+
+try:  # in the safe order (torch's compiler stack first): the other order crashes later tests
+    import_tensorflow()
+except ImportError:
+    pytest.skip("tensorflow is not installed", allow_module_level=True)
 
 TINY = dict(patch=64, unet_depth=2, unet_filters=8, n_rays=16, batch_size=4, n_evals=2)
 
@@ -118,6 +126,19 @@ def test_errors(tmp_path, monkeypatch):
         make_segmenter("stardist", **TINY).fit(
             [disks_sample(0)], tmp_path / "w", epochs=1, progress=False
         )
+
+
+def test_tensorflow_then_torchvision_in_one_process():
+    """The crash this module's import order avoids: TensorFlow (through the segmenter) and
+    then torchvision's models (Mask R-CNN's imports) in one fresh process."""
+    import subprocess
+
+    code = (
+        "from cellsynth.benchmark.segmenters.stardist import import_tensorflow; "
+        "import_tensorflow(); import torchvision.models.detection; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-500:]
 
 
 def test_pad_to():

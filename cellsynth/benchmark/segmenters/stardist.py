@@ -39,11 +39,27 @@ from cellsynth.errors import CellsynthError
 INSTALL = "pip install 'cellsynth[stardist]'"
 
 
+def import_tensorflow():
+    """Import TensorFlow after torch's compiler stack (which loads Triton's native libraries):
+    the other order crashes the process (a segmentation fault when torchvision or torch._dynamo
+    loads Triton into a process that already holds TensorFlow), so torch, which every other
+    segmenter uses, goes first. Returns the tensorflow module."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import torch  # noqa: F401
+
+    try:
+        import torch._dynamo  # noqa: F401  (loads triton where it is installed)
+    except Exception:  # noqa: BLE001  (a torch without a working compiler stack)
+        pass
+    import tensorflow as tf
+
+    return tf
+
+
 def _import_stardist():
     """(StarDist2D, Config2D) with TensorFlow's logging quieted and its CPU threads set."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        import tensorflow as tf
+        tf = import_tensorflow()
         from stardist.models import Config2D, StarDist2D
     except ImportError as exc:
         raise CellsynthError(
