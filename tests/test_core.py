@@ -179,3 +179,21 @@ def test_touching_objects_8_adjacency():
     lab[6, 3] = 6
     assert touching_objects(lab).tolist() == [1, 2, 3]
     assert touching_objects(np.zeros((4, 4), np.uint16)).size == 0
+
+
+def test_run_logger_writes_tensorboard_without_importing_tensorflow(tmp_path):
+    """With TensorFlow installed (the stardist extra), TensorBoard would import it, and a
+    process that then loads Triton crashes; the run logger keeps it out. Checked in a fresh
+    process: event file written, tensorflow not imported, torchvision loads afterwards."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from cellsynth.training.logging import RunLogger; "
+        f"log = RunLogger({str(tmp_path)!r}); log.scalars(1, {{'a': 1.0}}); log.close(); "
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; "
+        "import torchvision.models.detection; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-800:]
+    assert list(tmp_path.glob("events.out.tfevents.*"))

@@ -6,9 +6,25 @@ import json
 import os
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
+
+
+def tensorboard_without_tensorflow() -> None:
+    """Make TensorBoard write its event files without importing TensorFlow.
+
+    TensorBoard imports TensorFlow whenever it is installed (the ``stardist`` extra installs
+    it). That costs seconds, and a process that then loads Triton (torchvision, torch._dynamo)
+    crashes with a segmentation fault. TensorBoard's own switch for this is a module named
+    ``tensorboard.compat.notf``: when it imports, TensorBoard uses its bundled stub of the few
+    TensorFlow file functions it needs. Registered unless TensorFlow is already loaded.
+    """
+    if "tensorflow" not in sys.modules:
+        sys.modules.setdefault(
+            "tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf")
+        )
 
 
 class RunLogger:
@@ -29,6 +45,7 @@ class RunLogger:
         self._stats = open(self.run_dir / "stats.jsonl", "a", buffering=1)
         if tensorboard:
             try:
+                tensorboard_without_tensorflow()
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(str(self.run_dir))
