@@ -35,6 +35,7 @@ from cellsynth.benchmark.segmenters._torchutil import (
 )
 from cellsynth.benchmark.segmenters.base import Segmenter, register
 from cellsynth.errors import CellsynthError
+from cellsynth.tools.labels import label_dtype
 
 INSTALL = "pip install 'cellsynth[stardist]'"
 
@@ -220,13 +221,13 @@ class StarDistSegmenter(Segmenter):
         from stardist.models import StarDistData2D
 
         o = self.options
-        samples = list(train)
         if o["pretrained"]:
             self._ensure_model(None)
             self.info = {"pretrained": str(o["pretrained"]), "seconds": 0.0, "steps": 0}
             if workdir is not None:
                 self.save(Path(workdir) / "model")
             return
+        samples = list(train)
         in_ch = o["in_channels"] or max(
             1 if s.image.ndim == 2 else s.image.shape[-1] for s in samples
         )
@@ -363,4 +364,4 @@ def _pad_to(a: np.ndarray, size: int) -> np.ndarray:
 
 def _as_labels(labels: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels)
-    return labels.astype(np.uint16 if labels.max(initial=0) < 65536 else np.uint32)
+    return labels.astype(label_dtype(int(labels.max(initial=0))))
