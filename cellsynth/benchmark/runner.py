@@ -342,7 +342,18 @@ def _run_one(
             seg = cls(**opts)
         except Exception as exc:
             fail("options", exc)
-    if seg is not None and train is not None:
+    load = budget.get("load")
+    if seg is not None and load:  # a trained model (a saved folder or a shipped name): no fit
+        try:
+            from cellsynth.models import segmenter_folder
+
+            folder = segmenter_folder(load, name)
+            seg = cls.load(folder)
+            res["loaded"] = str(folder)
+        except Exception as exc:
+            fail("load", exc)
+            seg = None
+    if seg is not None and train is not None and not load:
         key = cache_key(name, opts, budget, train_fp) if train_fp else None
         res["cache_key"] = key
         cached = Path(cache_dir) / f"{name}-{key}" if cache_dir and key else None
@@ -391,7 +402,7 @@ def _run_one(
                         write_text(ctmp / CACHE_INFO, json.dumps(_clean(info), indent=1))
                 except Exception as exc:
                     fail("save", exc)
-    if seg is not None and res["trained"]:
+    if seg is not None and (res["trained"] or load):
         info = getattr(seg, "info", None)
         res["training"] = _clean(dict(info)) if isinstance(info, dict) and info else None
     shipped = None

@@ -46,21 +46,36 @@ def _read_config(path) -> dict:
         raise CellsynthError(f"{path}: 'segmenters' must be a mapping of name -> settings")
     for name, entry in segs.items():
         entry = entry or {}
-        if not isinstance(entry, dict) or set(entry) - {"options", "minutes", "epochs"}:
+        if not isinstance(entry, dict) or set(entry) - {"options", "minutes", "epochs", "load"}:
             raise CellsynthError(
                 f"{path}: segmenter {name!r}: settings must be a mapping with options, minutes, "
-                "epochs"
+                "epochs, load"
             )
         segs[name] = entry
     doc["segmenters"] = segs
     return doc
 
 
-def _segmenter_settings(cfg: dict, name: str, minutes, epochs) -> tuple[dict, dict]:
-    """(options, budget) of segmenter ``name``: its config entry, else ``minutes`` / ``epochs``."""
+def _segmenter_settings(cfg: dict, name: str, minutes, epochs, load=None) -> tuple[dict, dict]:
+    """(options, budget) of segmenter ``name``: its config entry, else ``minutes`` / ``epochs``;
+    ``load`` (a trained model to use instead of training) from --load, else the entry's."""
     entry = cfg["segmenters"].get(name) or {}
     budget = {"minutes": entry.get("minutes", minutes), "epochs": entry.get("epochs", epochs)}
+    load = load or entry.get("load")
+    if load:
+        budget["load"] = str(load)
     return dict(entry.get("options") or {}), budget
+
+
+def _parse_loads(pairs) -> dict:
+    """--load NAME=MODEL values -> {NAME: MODEL} (CellsynthError for a malformed one)."""
+    out = {}
+    for pair in pairs or ():
+        name, sep, model = str(pair).partition("=")
+        if not sep or not name.strip() or not model.strip():
+            raise CellsynthError(f"--load {pair}: use SEGMENTER=MODEL (a saved folder or a name)")
+        out[name.strip()] = model.strip()
+    return out
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -147,6 +162,14 @@ def benchmark():
 )
 @click.option("--epochs", type=int, default=None, help="Training epochs for each segmenter.")
 @click.option(
+    "--load",
+    "loads",
+    multiple=True,
+    metavar="SEGMENTER=MODEL",
+    help="Use a trained model instead of training: a saved segmenter folder or a shipped name "
+    "(`cellsynth models`), e.g. stardist=dsb2018-nuclei; repeat for several.",
+)
+@click.option(
     "--cache",
     "cache_dir",
     type=click.Path(),
@@ -195,6 +218,7 @@ def run_cmd(
     config,
     minutes_per_segmenter,
     epochs,
+    loads,
     cache_dir,
     max_images,
     n_samples,
@@ -232,9 +256,19 @@ def run_cmd(
         names = [s.strip() for s in segmenters.split(",") if s.strip()]
     else:
         names = list(cfg["segmenters"]) or ["classical"]
+    loads = _parse_loads(loads)
+    stray = sorted(set(loads) - set(names))
+    if stray:
+        raise CellsynthError(f"--load {stray[0]}=...: {stray[0]} is not among the segmenters run")
+    from cellsynth.models import segmenter_folder
+
+    for name, model in loads.items():
+        segmenter_folder(model, name)  # a wrong folder or name fails now, before any work
     budgets, options = {}, {}
     for name in names:
-        options[name], budgets[name] = _segmenter_settings(cfg, name, minutes_per_segmenter, epochs)
+        options[name], budgets[name] = _segmenter_settings(
+            cfg, name, minutes_per_segmenter, epochs, loads.get(name)
+        )
     results = run_benchmark(
         train_dir,
         test_dirs,

@@ -19,6 +19,13 @@ from cellsynth.errors import CellsynthError
 EXPORT_KEEP = {"stylegan3": ("G_ema",), "pix2pixhd": ("G",)}
 
 
+def _use_as(m) -> str:
+    """How a user names shipped model ``m`` on the command line."""
+    if m.kind == "segmenter":
+        return f"benchmark run --load {m.segmenter}={m.name}"
+    return f"{m.kind}:{m.name}" if m.kind == "pix2pixhd" else m.name
+
+
 @click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 @click.pass_context
@@ -34,6 +41,7 @@ def models(ctx, as_json):
             {
                 "name": m.name,
                 "kind": m.kind,
+                "segmenter": m.segmenter,
                 "file": str(m.path),
                 "bytes": m.bytes,
                 "sha256": m.sha256,
@@ -48,8 +56,7 @@ def models(ctx, as_json):
         click.echo("no shipped models")
         return
     for m in rows:
-        use = f"{m.kind}:{m.name}" if m.kind == "pix2pixhd" else m.name
-        click.echo(f"{m.name:<18} {m.kind:<10} {m.bytes / 1e6:6.1f} MB  use as: {use}")
+        click.echo(f"{m.label:<27} {m.kind:<10} {m.bytes / 1e6:6.1f} MB  use as: {_use_as(m)}")
         if m.info.get("summary"):
             click.echo(f"  {m.info['summary']}")
     click.echo("cards: cellsynth models show NAME")

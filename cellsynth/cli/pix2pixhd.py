@@ -57,6 +57,8 @@ _HELP = {
     "niter_decay": "epochs of linear decay to zero",
     "fp16": "mixed precision: fp16 AMP on CUDA, bf16 autocast on a CPU with native bf16",
     "continue_train": "resume from --which_epoch of this run",
+    "load_pretrain": "start G from this generator (a checkpoint, run folder or shipped name; "
+    "D and the optimisers start fresh): fine-tuning",
     "which_epoch": "latest or an epoch number",
     "display_freq": "iterations between image pages",
     "print_freq": "iterations between loss lines",

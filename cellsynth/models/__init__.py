@@ -4,7 +4,9 @@ Each model lives in its own folder here, ``cellsynth/models/NAME/``, with
 
 - its weights: weights-only checkpoints (tensors and a JSON config, loaded with
   ``torch.load(..., weights_only=True)``; floating tensors stored in fp16 to stay small), one file
-  per kind ("stylegan3": a mask generator, "pix2pixhd": a mask -> image translator);
+  per kind ("stylegan3": a mask generator, "pix2pixhd": a mask -> image translator); a trained
+  segmenter ("segmenter") is the folder ``Segmenter.save`` writes (``weights.pt`` of tensors,
+  ``options.json``, ``info.json``), its card entry naming the weights file and the segmenter;
 - ``card.json``: for each file its kind, name, sha256 and size, and the figures of the model card;
 - ``MODEL_CARD.md``: the card a person reads (data and license, the command that trained it, CPU
   time, the goal figures, what still looks wrong) and a PNG grid of real vs generated beside it.
@@ -12,6 +14,8 @@ Each model lives in its own folder here, ``cellsynth/models/NAME/``, with
 :func:`resolve` turns what a user typed into a file: an existing path is used as it is (as
 before), otherwise a shipped name of that kind (``stylegan3 generate --network dsb2018-nuclei``,
 ``synth --masks stylegan3:dsb2018-nuclei``); anything else is one clear error listing the names.
+:func:`segmenter_folder` does the same for a trained segmenter (``benchmark run --load
+stardist=dsb2018-nuclei``): a saved segmenter folder, or the shipped one of that name.
 :func:`export_weights` writes such a weights-only copy of a training checkpoint.
 """
 
@@ -26,7 +30,7 @@ from cellsynth.atomic import file_sha256
 from cellsynth.errors import CellsynthError
 
 MODELS_DIR = Path(__file__).resolve().parent
-KINDS = ("stylegan3", "pix2pixhd")
+KINDS = ("stylegan3", "pix2pixhd", "segmenter")
 CARD_JSON = "card.json"
 CARD_MD = "MODEL_CARD.md"
 
@@ -46,6 +50,16 @@ class ShippedModel:
     @property
     def card(self) -> Path:
         return self.folder / CARD_MD
+
+    @property
+    def segmenter(self) -> str | None:
+        """The segmenter's name (kind "segmenter" only)."""
+        return self.info.get("segmenter") if self.kind == "segmenter" else None
+
+    @property
+    def label(self) -> str:
+        """``name`` (``name/segmenter`` for a segmenter) for listings."""
+        return f"{self.name}/{self.segmenter}" if self.segmenter else self.name
 
 
 def _read_card(folder: Path) -> dict:
@@ -69,6 +83,8 @@ def shipped(root: str | os.PathLike | None = None) -> list[ShippedModel]:
             kind = entry.get("kind")
             if kind not in KINDS:
                 raise CellsynthError(f"{card_path}: unknown model kind {kind!r}")
+            if kind == "segmenter" and not entry.get("segmenter"):
+                raise CellsynthError(f"{card_path}: a segmenter entry needs 'segmenter'")
             out.append(
                 ShippedModel(
                     name=str(entry.get("name") or folder.name),
@@ -80,18 +96,48 @@ def shipped(root: str | os.PathLike | None = None) -> list[ShippedModel]:
                     info=entry,
                 )
             )
-    return sorted(out, key=lambda m: (m.name, m.kind))
+    return sorted(out, key=lambda m: (m.name, m.kind, m.segmenter or ""))
 
 
-def names(kind: str, root=None) -> list[str]:
-    return [m.name for m in shipped(root) if m.kind == kind]
+def names(kind: str, root=None, segmenter: str | None = None) -> list[str]:
+    return [
+        m.name
+        for m in shipped(root)
+        if m.kind == kind and (segmenter is None or m.segmenter == segmenter)
+    ]
 
 
-def find(name: str, kind: str, root=None) -> ShippedModel | None:
+def find(name: str, kind: str, root=None, segmenter: str | None = None) -> ShippedModel | None:
+    """The shipped ``kind`` model ``name`` (for kind "segmenter": of that ``segmenter``)."""
     for m in shipped(root):
-        if m.name == name and m.kind == kind:
+        if m.name == name and m.kind == kind and (segmenter is None or m.segmenter == segmenter):
             return m
     return None
+
+
+def segmenter_folder(spec: str | os.PathLike, segmenter: str, root=None) -> Path:
+    """The folder of a trained ``segmenter``: ``spec`` as a path when it is a folder, else the
+    shipped segmenter of that name.
+
+    Raises:
+        CellsynthError: neither a folder nor a shipped name (the line lists the shipped names),
+            or a shipped file missing from the installation.
+    """
+    path = Path(spec)
+    if path.is_dir():
+        return path
+    model = find(str(spec), "segmenter", root, segmenter=segmenter)
+    if model is None:
+        known = ", ".join(names("segmenter", root, segmenter)) or "none"
+        raise CellsynthError(
+            f"--load {segmenter}={spec}: no such folder, and no shipped {segmenter} model of that "
+            f"name (shipped: {known}; see `cellsynth models`)"
+        )
+    if not model.path.is_file():
+        raise CellsynthError(
+            f"{spec}: the shipped file {model.path} is missing; reinstall cellsynth"
+        )
+    return model.path.parent
 
 
 def resolve(spec: str | os.PathLike, kind: str, option: str = "--network", root=None) -> Path:

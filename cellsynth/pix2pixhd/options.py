@@ -73,6 +73,7 @@ class Options:
     fp16: bool = False
     # bookkeeping
     continue_train: bool = False
+    load_pretrain: str | None = None  # a generator (checkpoint or shipped name) to start from
     which_epoch: str = "latest"
     display_freq: int = 100
     print_freq: int = 100
@@ -171,6 +172,10 @@ class Options:
         need(self.gpus >= 0, "--gpus must be >= 0")
         need(self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda")
         need(self.lr > 0, "--lr must be > 0")
+        need(
+            not (self.load_pretrain and self.continue_train),
+            "--load_pretrain starts a new run; it cannot be combined with --continue_train",
+        )
         for key in ("display_freq", "print_freq", "save_latest_freq", "save_epoch_freq"):
             need(getattr(self, key) >= 1, f"--{key} must be >= 1")
         need(bool(self.name) and "/" not in self.name, "--name must be a plain folder name")

@@ -24,7 +24,7 @@ from cellsynth.atomic import output_folder, write_text
 from cellsynth.errors import CellsynthError
 from cellsynth.lock import lock_folder
 from cellsynth.pix2pixhd import data as p2p_data
-from cellsynth.pix2pixhd.checkpoints import checkpoint_path
+from cellsynth.pix2pixhd.checkpoints import checkpoint_path, resolve_checkpoint
 from cellsynth.pix2pixhd.losses import GANLoss, VGGLoss, feature_matching_loss
 from cellsynth.pix2pixhd.networks import (
     build_discriminator,
@@ -263,6 +263,26 @@ def _precision_name(amp_dtype) -> str:
     return {torch.float16: "fp16 AMP", torch.bfloat16: "bf16 autocast"}.get(amp_dtype, "fp32")
 
 
+def load_pretrained_G(opt: Options) -> dict:
+    """The generator state of ``opt.load_pretrain`` (a checkpoint, a run folder or a shipped
+    name), checked against the generator ``opt`` builds (CellsynthError naming what differs)."""
+    path = resolve_checkpoint(opt.load_pretrain)
+    state = load_checkpoint(path, kind=KIND).get("G")
+    if not isinstance(state, dict):
+        raise CellsynthError(f"--load_pretrain {opt.load_pretrain}: {path} holds no generator")
+    net = build_generator(opt)
+    own = net.state_dict()
+    state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CellsynthError(
+            f"--load_pretrain {opt.load_pretrain}: the generator does not fit these options "
+            f"({str(exc).splitlines()[0]}); use the options it was trained with"
+        ) from None
+    return state
+
+
 def _has_checkpoint(run_dir: Path) -> bool:
     return any(run_dir.glob("*.pt"))
 
@@ -289,6 +309,8 @@ def train(opt: Options) -> Path:
             f"{run_dir} already has checkpoints; pass --continue_train to resume it or choose "
             "another --name"
         )
+    if opt.load_pretrain:
+        load_pretrained_G(opt)  # fail early on a missing or mismatched generator
     # fail early (before spawning) on a missing VGG file or an unreadable first sample
     if not opt.no_vgg_loss:
         VGGLoss.load(opt.vgg_weights)
@@ -324,6 +346,8 @@ def _worker(rank: int, world: int, opt_dict: dict, run_dir: str) -> None:
     batches_per_epoch = n // per_step
 
     start_epoch, start_iter, total_iters = 1, 0, 0
+    if opt.load_pretrain:
+        model.G.load_state_dict(load_pretrained_G(opt))
     if opt.continue_train:
         path = checkpoint_path(run_dir, opt.which_epoch)
         ckpt = load_checkpoint(path, kind=KIND)

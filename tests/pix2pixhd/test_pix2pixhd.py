@@ -400,6 +400,45 @@ def test_resume_is_exact(tmp_path, pairs):
         train(part.replace(continue_train=True, which_epoch="7"))
 
 
+def test_load_pretrain_fine_tunes_a_weights_only_generator(tmp_path, pairs):
+    from cellsynth.models import export_weights
+
+    first = train(tiny_opt(tmp_path, pairs, name="first", niter=1, niter_decay=0, max_iters=2))
+    weights = export_weights(first / "latest.pt", tmp_path / "g.pt", ("G",), "pix2pixhd")
+    ft = train(
+        tiny_opt(
+            tmp_path,
+            pairs,
+            name="ft",
+            load_pretrain=str(weights),
+            lr=1e-12,
+            seed=1,
+            niter=1,
+            niter_decay=0,
+            max_iters=1,
+        )
+    )
+    start = load_checkpoint(first / "latest.pt")["G"]
+    after = load_checkpoint(ft / "latest.pt")
+    assert after["total_iters"] == 1  # a new run: counters start at zero
+    fresh = load_checkpoint(
+        train(tiny_opt(tmp_path, pairs, name="fresh", max_iters=1, seed=1)) / "latest.pt"
+    )
+    far = 0.0
+    for k, v in start.items():
+        if v.is_floating_point():
+            assert torch.allclose(after["G"][k], v, atol=2e-3, rtol=2e-3), k  # fp16 + 1e-12 step
+            far = max(far, float((fresh["G"][k] - v).abs().max()))
+    assert far > 0.05  # a fresh initialisation (seed 1 like the fine-tuned run) is far from it
+    with pytest.raises(CellsynthError, match="does not fit these options"):
+        train(tiny_opt(tmp_path, pairs, name="bad", ngf=4, load_pretrain=str(weights)))
+    assert not (tmp_path / "ck" / "bad").exists()
+    with pytest.raises(CellsynthError, match="cannot be combined"):
+        tiny_opt(tmp_path, pairs, name="ft", load_pretrain=str(weights), continue_train=True)
+    with pytest.raises(CellsynthError, match="nope"):
+        train(tiny_opt(tmp_path, pairs, name="x", load_pretrain=str(tmp_path / "nope.pt")))
+
+
 def test_two_processes_gloo(tmp_path, pairs):
     run = train(tiny_opt(tmp_path, pairs, gpus=2, niter=1, niter_decay=0, device="cpu"))
     ckpt = load_checkpoint(run / "latest.pt")
