@@ -84,16 +84,7 @@ def _filtered_lrelu_cases(G, batch):
                 name=f"L{i}_{layer.out_channels}x{layer.in_size}->{layer.out_size}"
                 f"_up{layer.up_factor}_down{layer.down_factor}",
                 shape=(batch, layer.out_channels, size, size),
-                kw=dict(
-                    fu=layer.up_filter,
-                    fd=layer.down_filter,
-                    up=layer.up_factor,
-                    down=layer.down_factor,
-                    padding=layer.padding,
-                    gain=layer.gain,
-                    slope=layer.slope,
-                    clamp=layer.conv_clamp,
-                ),
+                kw=layer.filtered_lrelu_kwargs(),
             )
         )
     return cases

@@ -54,16 +54,7 @@ def _layer_cases(batch, channels):
                 f"filtered_lrelu[{cfg} {c}ch {size}->{layer.out_size} up{layer.up_factor} "
                 f"down{layer.down_factor} fd{'2d' if layer.down_filter.ndim == 2 else '1d'}]"
             )
-            kwargs = dict(
-                fu=layer.up_filter,
-                fd=layer.down_filter,
-                up=layer.up_factor,
-                down=layer.down_factor,
-                padding=layer.padding,
-                gain=layer.gain,
-                slope=layer.slope,
-                clamp=256,
-            )
+            kwargs = dict(layer.filtered_lrelu_kwargs(), clamp=256)
             x = torch.randn(batch, c, size, size)
             b = torch.randn(c)
             cases.append(

@@ -1,8 +1,9 @@
 """Reliability: a bad-input corpus run through the CLI (exit 2, one ``error:`` line, no new
 files), failed writes, two runs on one folder, and training resumed in its own run folder.
 
-``perf/bad_input_corpus.py`` counts the same cases as subprocesses (before/after figures); here
-they run in-process so the file stays fast. Sizes are tiny: 32x32 images, untrained 16-channel
+The corpus and its inputs live in ``tests/bad_inputs.py``; ``perf/bad_input_corpus.py`` counts
+the same cases as subprocesses (before/after figures), here they run in-process so the file
+stays fast. Sizes are tiny: 32x32 images, untrained 16-channel
 networks.
 """
 
@@ -11,30 +12,28 @@ from __future__ import annotations
 import errno
 import json
 import os
-import socket
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
+from bad_inputs import (
+    CORPUS,
+    LONG,
+    ORPHAN_ANNOTATIONS,
+    SYN,
+    TINY_SG3,
+    coco,
+    disks,
+    full_folder,
+    live_lock,
+    pairs_dir,
+    tif,
+    tree,
+)
 
 from cellsynth.cli import main
-
-LONG = "n" * 300  # longer than the 255 bytes a file name may have
-SYN = ["--size", "32", "--mean-radius", "5", "--no-progress"]
-TINY_SG3 = [
-    "--gamma", "1", "--batch", "4", "--cbase", "512", "--cmax", "16", "--map-depth", "1",
-    "--z-dim", "16", "--w-dim", "16", "--kimg", "0.004", "--tick", "0.004", "--snap", "1",
-    "--workers", "1", "--cfg", "stylegan2",
-]  # fmt: skip
-TINY_P2P = [
-    "--ngf", "4", "--ndf", "4", "--n_downsample_global", "1", "--n_blocks_global", "1",
-    "--num_D", "1", "--n_layers_D", "1", "--max_iters", "1", "--loadSize", "32",
-    "--fineSize", "32", "--resize_or_crop", "none", "--no_vgg_loss", "--no-progress",
-]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -49,18 +48,6 @@ def cli(argv, capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
-def tree(folder: Path) -> dict:
-    """Files below ``folder`` with size and mtime, folders by name (what 'no new files' means)."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            st = p.lstat()
-            key = str(p.relative_to(folder))
-            out[key] = (st.st_size, st.st_mtime_ns) if p.is_file() else "folder"
-    return out
-
-
 def assert_clean_error(code, err, before, after, *, text=None):
     """Exit 2, exactly one ``error:`` line (containing ``text``), nothing new on disk."""
     lines = err.strip().splitlines()
@@ -73,37 +60,8 @@ def assert_clean_error(code, err, before, after, *, text=None):
     assert changed == [], changed
 
 
-def tif(path: Path, array) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(path, np.asarray(array))
-    return path
-
-
-def disks(n=32, seed=0):
-    """A 32x32 uint8 image with three disk cells, and its labels."""
-    rng = np.random.default_rng(seed)
-    lab = np.zeros((n, n), np.uint16)
-    yy, xx = np.ogrid[:n, :n]
-    for k in range(1, 4):
-        cy, cx = rng.integers(6, n - 6, 2)
-        lab[((yy - cy) ** 2 + (xx - cx) ** 2 <= 16) & (lab == 0)] = k
-    img = (lab > 0).astype(np.uint8) * 200 + rng.integers(0, 30, (n, n)).astype(np.uint8)
-    return img, lab
-
-
-def pairs_dir(root: Path, items) -> Path:
-    for name, img, lab in items:
-        tif(root / "images" / f"{name}.tif", img)
-        tif(root / "masks" / f"{name}.tif", lab)
-    return root
-
-
-def blocker(d: Path) -> Path:
-    (d / "blocker").write_text("a file where a folder is expected\n")
-    return d / "blocker"
-
-
 def synth_done(d: Path, seeds="0-2") -> Path:
+    """A finished ``synth`` run ``d/syn`` (32x32, seeds ``seeds``)."""
     from cellsynth.synth import synth
 
     out = d / "syn"
@@ -111,31 +69,11 @@ def synth_done(d: Path, seeds="0-2") -> Path:
     return out
 
 
-def live_lock(out: Path, pid: int | None = None, host: str | None = None) -> None:
-    """A lock file as a running ``synth`` writes it (no flock held: the PID decides)."""
-    doc = {"pid": pid or os.getppid(), "host": host or socket.gethostname(), "command": "synth"}
-    (out / ".cellsynth.lock").write_text(json.dumps(doc))
-
-
-def coco(d: Path, anns) -> tuple[Path, Path]:
-    img, _ = disks()
-    tif(d / "images" / "a.tif", img)
-    doc = {
-        "images": [{"id": 1, "file_name": "a.tif", "height": 32, "width": 32}],
-        "annotations": anns,
-        "categories": [{"id": 1, "name": "cell"}],
-    }
-    (d / "ann.json").write_text(json.dumps(doc))
-    return d / "ann.json", d / "images"
-
-
-SQUARE = [[4, 4, 14, 4, 14, 14, 4, 14]]
-
-
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory, tiny_masks_zip, sg2_snapshot):
     """Inputs the cases read (never write): a canonical dataset, masks zips, a pairs folder,
-    a snapshot, single images."""
+    a snapshot, single images (see ``bad_inputs``); the lock of a live run is this process's
+    parent's (its own PID would be this run's)."""
     from conftest import make_masks_zip
 
     from cellsynth.datasets.pack import pack_pairs
@@ -143,6 +81,7 @@ def shared(tmp_path_factory, tiny_masks_zip, sg2_snapshot):
 
     base = tmp_path_factory.mktemp("shared")
     s = {"canon": base / "canon", "zip": tiny_masks_zip, "snap": sg2_snapshot}
+    s.update(synth_done=synth_done, lock_pid=os.getppid())
     simulate_dataset(s["canon"], 4, size=(32, 32), mean_radius=5)
     s["binzip"] = make_masks_zip(base / "binary.zip", encoding="binary")
     s["pairs"] = base / "pairs"
@@ -152,230 +91,6 @@ def shared(tmp_path_factory, tiny_masks_zip, sg2_snapshot):
     s["img3"] = tif(base / "img3.tif", np.stack([img] * 3, -1))
     s["lab"] = tif(base / "lab.tif", lab)
     return s
-
-
-# ------------------------------------------------------------------------------- the corpus
-# name -> setup(case folder, shared inputs) -> argv. Every case must end with exit 2, one
-# `error:` line and no new or changed file in its folder.
-CORPUS = {
-    # the system refuses the write
-    "import_out_under_file": lambda d, s: [
-        "dataset", "import", "embedseg", s["canon"], "--out", blocker(d) / "out", "--no-progress"
-    ],
-    "import_out_name_too_long": lambda d, s: [
-        "dataset", "import", "embedseg", s["canon"], "--out", d / LONG, "--no-progress"
-    ],
-    "pack_masks_dest_under_file": lambda d, s: [
-        "dataset", "pack", "--kind", "masks", "--source", s["canon"], "--dest",
-        blocker(d) / "m.zip", "--resolution", "32", "--no-progress",
-    ],
-    "pack_pairs_dest_name_too_long": lambda d, s: [
-        "dataset", "pack", "--kind", "pairs", "--source", s["canon"], "--dest", d / LONG,
-        "--size", "32", "--no-progress",
-    ],
-    "simulate_out_under_file": lambda d, s: [
-        "dataset", "simulate", "--out", blocker(d) / "sim", "--num", "2", *SYN
-    ],
-    "synth_out_is_a_file": lambda d, s: ["synth", "--out", blocker(d), "--seeds", "0", *SYN],
-    "synth_out_under_file": lambda d, s: [
-        "synth", "--out", blocker(d) / "syn", "--seeds", "0", *SYN
-    ],
-    "synth_out_name_too_long": lambda d, s: ["synth", "--out", d / LONG, "--seeds", "0", *SYN],
-    "threshold_out_under_file": lambda d, s: [
-        "tools", "threshold", s["img"], "--out", blocker(d) / "t.tif"
-    ],
-    "threshold_folder_out_name_too_long": lambda d, s: [
-        "tools", "threshold", s["canon"] / "train", "--out", d / LONG
-    ],
-    "points_out_under_file": lambda d, s: ["tools", "points", s["lab"], "--out", blocker(d) / "p"],
-    "combine_out_name_too_long": lambda d, s: [
-        "tools", "combine", s["img"], s["img"], "--out", d / (LONG + ".tif")
-    ],
-    "sg3_train_outdir_under_file": lambda d, s: [
-        "stylegan3", "train", "--outdir", blocker(d) / "runs", "--data", s["zip"], *TINY_SG3
-    ],
-    "sg3_generate_outdir_under_file": lambda d, s: [
-        "stylegan3", "generate", "--network", s["snap"], "--seeds", "0", "--outdir",
-        blocker(d) / "g",
-    ],
-    "sg3_generate_outdir_name_too_long": lambda d, s: [
-        "stylegan3", "generate", "--network", s["snap"], "--seeds", "0", "--outdir", d / LONG
-    ],
-    "p2p_train_checkpoints_under_file": lambda d, s: [
-        "pix2pixhd", "train", "--name", "x", "--dataroot", s["pairs"], "--checkpoints_dir",
-        blocker(d) / "ck", *TINY_P2P,
-    ],
-    # two runs, resume
-    "synth_resume_other_seed_list": lambda d, s: [
-        "synth", "--out", synth_done(d), "--seeds", "5-6", "--resume", *SYN
-    ],
-    "synth_resume_locked_by_live_run": lambda d, s: [
-        "synth", "--out", _locked(synth_done(d)), "--seeds", "0-2", "--resume", *SYN
-    ],
-    "synth_overwrite_locked_by_live_run": lambda d, s: [
-        "synth", "--out", _locked(synth_done(d)), "--seeds", "0-2", "--overwrite", *SYN
-    ],
-    "synth_locked_by_other_host": lambda d, s: [
-        "synth", "--out", _locked(synth_done(d), host="elsewhere"), "--seeds", "0-2", "--resume",
-        *SYN,
-    ],
-    # degenerate input
-    "import_1x1_image": lambda d, s: _folders_import(d, [("a", *disks()), ("t", [[7]], [[1]])]),
-    "import_zero_instances": lambda d, s: _folders_import(
-        d, [(n, disks()[0], np.zeros((32, 32), np.uint16)) for n in "ab"]
-    ),
-    "coco_zero_kept_instances": lambda d, s: [
-        "dataset", "import", "coco", *_coco_args(d, [[4, 4, 6, 4, 6, 6, 4, 6]]), "--out",
-        d / "out", "--no-progress",
-    ],
-    "pack_masks_1x1_image": lambda d, s: [
-        "dataset", "pack", "--kind", "masks", "--source", _canon(d, tiny=True), "--dest",
-        d / "m.zip", "--resolution", "32", "--no-progress",
-    ],
-    "pack_pairs_1x1_image": lambda d, s: [
-        "dataset", "pack", "--kind", "pairs", "--source", _canon(d, tiny=True), "--dest",
-        d / "p", "--size", "32", "--no-progress",
-    ],
-    "pack_masks_only_empty_mask": lambda d, s: [
-        "dataset", "pack", "--kind", "masks", "--source", _canon(d, empty=True), "--dest",
-        d / "m.zip", "--resolution", "32", "--transform", "center-crop", "--no-progress",
-    ],
-    "threshold_channel_5_of_1": lambda d, s: [
-        "tools", "threshold", s["img"], "--out", d / "t.tif", "--channel", "5"
-    ],
-    "threshold_channel_5_of_3": lambda d, s: [
-        "tools", "threshold", s["img3"], "--out", d / "t.tif", "--channel", "5"
-    ],
-    "sg3_generate_existing_outdir": lambda d, s: [
-        "stylegan3", "generate", "--network", s["snap"], "--seeds", "0", "--outdir", _full(d)
-    ],
-    "sg3_generate_class_on_unconditional": lambda d, s: [
-        "stylegan3", "generate", "--network", s["snap"], "--seeds", "0", "--class", "3",
-        "--outdir", d / "g",
-    ],
-    "sg3_generate_translate_on_stylegan2": lambda d, s: [
-        "stylegan3", "generate", "--network", s["snap"], "--seeds", "0", "--translate", "0.1,0",
-        "--outdir", d / "g",
-    ],
-    "sg3_train_data_not_a_zip": lambda d, s: [
-        "stylegan3", "train", "--outdir", d / "runs", "--data", _text(d / "x.zip"), *TINY_SG3
-    ],
-    "sg3_train_zip_without_images": lambda d, s: [
-        "stylegan3", "train", "--outdir", d / "runs", "--data", _no_images_zip(d), *TINY_SG3
-    ],
-    "sg3_train_cond_without_labels": lambda d, s: [
-        "stylegan3", "train", "--outdir", d / "runs", "--data", s["zip"], "--cond", *TINY_SG3
-    ],
-    "sg3_train_resume_snapshot_of_other_data": lambda d, s: [
-        "stylegan3", "train", "--outdir", d / "runs", "--data", s["binzip"], "--resume",
-        s["snap"], *TINY_SG3,
-    ],
-    # cases that were clean before this file existed: they stay so
-    "import_missing_source": lambda d, s: [
-        "dataset", "import", "dsb2018", d / "nope", "--out", d / "out", "--no-progress"
-    ],
-    "import_unknown_format": lambda d, s: [
-        "dataset", "import", "nosuch", s["canon"], "--out", d / "out"
-    ],
-    "import_bad_fractions": lambda d, s: [
-        "dataset", "import", "embedseg", s["canon"], "--out", d / "out", "--split-fractions",
-        "0.5,0.1",
-    ],
-    "import_existing_out": lambda d, s: [
-        "dataset", "import", "embedseg", s["canon"], "--out", _full(d, "out"), "--no-progress"
-    ],
-    "pack_missing_source": lambda d, s: [
-        "dataset", "pack", "--kind", "masks", "--source", d / "nope", "--dest", d / "m.zip",
-        "--resolution", "32",
-    ],
-    "pack_resolution_not_power_of_two": lambda d, s: [
-        "dataset", "pack", "--kind", "masks", "--source", s["canon"], "--dest", d / "m.zip",
-        "--resolution", "30",
-    ],
-    "pack_dest_not_zip": lambda d, s: [
-        "dataset", "pack", "--kind", "masks", "--source", s["canon"], "--dest", d / "m.tar",
-        "--resolution", "32",
-    ],
-    "simulate_existing_out": lambda d, s: [
-        "dataset", "simulate", "--out", _full(d, "sim"), "--num", "2", *SYN
-    ],
-    "synth_bad_seeds": lambda d, s: ["synth", "--out", d / "syn", "--seeds", "5-1", *SYN],
-    "synth_existing_out": lambda d, s: ["synth", "--out", synth_done(d), "--seeds", "0-2", *SYN],
-    "synth_missing_checkpoint": lambda d, s: [
-        "synth", "--out", d / "syn", "--masks", f"stylegan3:{d / 'nope.pt'}", "--seeds", "0",
-        *SYN,
-    ],
-    "synth_resume_other_options": lambda d, s: [
-        "synth", "--out", synth_done(d), "--seeds", "0-2", "--resume", "--size", "32",
-        "--mean-radius", "6", "--no-progress",
-    ],
-    "synth_merge_without_shards": lambda d, s: ["synth", "merge", _full(d, "syn")],
-    "sg3_train_missing_data": lambda d, s: [
-        "stylegan3", "train", "--outdir", d / "runs", "--data", d / "nope.zip", *TINY_SG3
-    ],
-    "sg3_train_resume_not_a_checkpoint": lambda d, s: [
-        "stylegan3", "train", "--outdir", d / "runs", "--data", s["zip"], "--resume",
-        _text(d / "bad.pt"), *TINY_SG3,
-    ],
-    "sg3_generate_missing_network": lambda d, s: [
-        "stylegan3", "generate", "--network", d / "nope.pt", "--seeds", "0", "--outdir", d / "g"
-    ],
-    "sg3_generate_bad_seeds": lambda d, s: [
-        "stylegan3", "generate", "--network", s["snap"], "--seeds", "x", "--outdir", d / "g"
-    ],
-    "threshold_missing_source": lambda d, s: [
-        "tools", "threshold", d / "nope.tif", "--out", d / "t.tif"
-    ],
-    "threshold_existing_out": lambda d, s: [
-        "tools", "threshold", s["img"], "--out", _text(d / "t.tif")
-    ],
-    "p2p_train_missing_dataroot": lambda d, s: [
-        "pix2pixhd", "train", "--name", "x", "--dataroot", d / "nope", "--checkpoints_dir",
-        d / "ck", *TINY_P2P,
-    ],
-}  # fmt: skip
-
-
-def _locked(out: Path, host=None) -> Path:
-    live_lock(out, host=host)
-    return out
-
-
-def _folders_import(d: Path, items) -> list:
-    src = pairs_dir(d / "src", items)
-    return ["dataset", "import", "folders", "--images", src / "images", "--masks", src / "masks",
-            "--out", d / "out", "--no-progress"]  # fmt: skip
-
-
-def _coco_args(d: Path, polygon) -> list:
-    js, imgs = coco(d, [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": polygon}])
-    return ["--annotations", js, "--images", imgs]
-
-
-def _canon(d: Path, tiny=False, empty=False) -> Path:
-    img, lab = disks()
-    items = [("a", img, np.zeros_like(lab) if empty else lab)]
-    if tiny:
-        items.append(("tiny", [[7]], [[1]]))
-    pairs_dir(d / "canon" / "train", items)
-    return d / "canon"
-
-
-def _full(d: Path, name="g") -> Path:
-    (d / name).mkdir()
-    (d / name / "mine.txt").write_text("keep me\n")
-    return d / name
-
-
-def _text(path: Path) -> Path:
-    path.write_text("not what it should be\n")
-    return path
-
-
-def _no_images_zip(d: Path) -> Path:
-    with zipfile.ZipFile(d / "x.zip", "w") as z:
-        z.writestr("dataset.json", json.dumps({"labels": None}))
-    return d / "x.zip"
 
 
 @pytest.mark.parametrize("name", sorted(CORPUS))
@@ -570,11 +285,7 @@ def test_import_allow_empty_and_orphans_counted(tmp_path, capsys):
             src / "masks", "--no-progress"]  # fmt: skip
     code, out, err = cli([*args, "--out", tmp_path / "e", "--allow-empty"], capsys)
     assert code == 0 and "train 1 images / 0 instances" in out, err
-    anns = [
-        {"id": 1, "image_id": 1, "category_id": 1, "segmentation": SQUARE},
-        {"id": 2, "image_id": 99, "category_id": 1, "segmentation": SQUARE},
-    ]
-    js, imgs = coco(tmp_path / "c", anns)
+    js, imgs = coco(tmp_path / "c", ORPHAN_ANNOTATIONS)
     code, out, err = cli(["dataset", "import", "coco", "--annotations", js, "--images", imgs,
                           "--out", tmp_path / "o", "--no-progress"], capsys)  # fmt: skip
     assert code == 0, err
@@ -596,7 +307,7 @@ def test_pack_skips_and_counts_empty_masks(tmp_path):
 
 
 def test_generate_overwrite_writes_into_an_existing_outdir(shared, tmp_path, capsys):
-    g = _full(tmp_path)
+    g = full_folder(tmp_path)
     args = ["stylegan3", "generate", "--network", shared["snap"], "--seeds", "0", "--outdir", g]
     assert cli([*args, "--overwrite"], capsys)[0] == 0
     assert sorted(p.name for p in g.iterdir()) == ["mine.txt", "seed0000.png"]

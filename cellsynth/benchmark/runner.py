@@ -290,6 +290,112 @@ def _score_test_set(seg, name, tag, dkey, ds, tmp, n_samples, progress, fail) ->
     return finish_dataset_result(dres)
 
 
+def _load_cached(cls, opts: dict, cached: Path, res: dict, log: list):
+    """The segmenter saved in the cache entry ``cached`` (``res`` says cached, trained and the
+    training time it took); a fresh ``cls(**opts)`` when the entry is broken (noted in
+    ``log``: it is trained again)."""
+    try:
+        seg = cls.load(cached)
+        info = json.loads((cached / CACHE_INFO).read_text())
+        res.update(cached=True, trained=True, train_s=float(info.get("train_s", 0.0)))
+    except Exception as exc:  # a broken cache entry: train again
+        log.append(f"== cache load failed, retraining\n{_error_line(exc)}")
+        seg = cls(**opts)
+    return seg
+
+
+def _fit(seg, train, budget: dict, workdir: Path, progress: bool, res: dict, fail):
+    """Train ``seg`` on ``train`` within ``budget`` in ``workdir`` (removed when left empty);
+    the trained segmenter, or None when training failed (reported by ``fail``)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        seg.fit(
+            train,
+            workdir,
+            budget_minutes=budget.get("minutes"),
+            epochs=budget.get("epochs"),
+            progress=progress,
+        )
+        res["train_s"] = time.perf_counter() - t0
+        res["trained"] = True
+    except Exception as exc:
+        res["train_s"] = time.perf_counter() - t0
+        fail("fit", exc)
+        seg = None
+    for folder in (workdir, workdir.parent):  # no empty folders left behind
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    return seg
+
+
+def _save_cached(seg, cached: Path, name, opts, budget, train, train_fp, res: dict, fail) -> None:
+    """Save the trained ``seg`` as the cache entry ``cached`` (atomically, with what it was
+    trained on and how long it took); a failure is reported by ``fail``."""
+    try:
+        with atomic_dir(cached, overwrite=True) as ctmp:
+            seg.save(ctmp)
+            info = {
+                "segmenter": name,
+                "options": opts,
+                "budget": budget,
+                "train": str(train.root),
+                "train_fingerprint": train_fp,
+                "train_s": res["train_s"],
+                "created": datetime.datetime.now().isoformat(timespec="seconds"),
+            }
+            write_text(ctmp / CACHE_INFO, json.dumps(_clean(info), indent=1))
+    except Exception as exc:
+        fail("save", exc)
+
+
+def _score_test_sets(
+    seg, res, log, name, tag, tests, tmp, n_samples, progress, client, failed, fail
+):
+    """Fill ``res["datasets"]``: every test set predicted and scored by ``seg`` (on the Dask
+    workers with a ``client``, else here), or marked failed with ``res``'s error when there is
+    no segmenter. ``failed`` and ``fail`` report a failure (see :func:`_run_one`)."""
+    shipped = None
+    if seg is not None and client is not None:
+        from cellsynth.benchmark import cluster
+
+        try:
+            shipped = cluster.ship(client, seg)
+        except Exception as exc:  # e.g. a model that cannot be pickled: predict here
+            log.append(f"== dask: cannot send {name} to the workers; predicted here\n{exc}")
+
+    try:
+        for dkey, ds in tests.items():
+            if seg is None:
+                dres = new_dataset_result()
+                dres.update(status="failed", error=res["error"])
+            elif shipped is not None:
+                dres = cluster.score_test_set(
+                    client, shipped, name, tag, dkey, ds, tmp, n_samples, progress, failed
+                )
+            else:
+                dres = _score_test_set(seg, name, tag, dkey, ds, tmp, n_samples, progress, fail)
+            res["datasets"][dkey] = dres
+    finally:
+        if shipped is not None:
+            cluster.release(client, shipped)
+
+
+def _load_trained(cls, name, load, res, fail):
+    """The trained segmenter ``load`` names (a saved folder or a shipped name), or None after
+    recording the failure."""
+    from cellsynth.models import segmenter_folder
+
+    try:
+        folder = segmenter_folder(load, name)
+        seg = cls.load(folder)
+    except Exception as exc:
+        fail("load", exc)
+        return None
+    res["loaded"] = str(folder)
+    return seg
+
+
 def _run_one(
     name,
     opts,
@@ -344,90 +450,23 @@ def _run_one(
             fail("options", exc)
     load = budget.get("load")
     if seg is not None and load:  # a trained model (a saved folder or a shipped name): no fit
-        try:
-            from cellsynth.models import segmenter_folder
-
-            folder = segmenter_folder(load, name)
-            seg = cls.load(folder)
-            res["loaded"] = str(folder)
-        except Exception as exc:
-            fail("load", exc)
-            seg = None
+        seg = _load_trained(cls, name, load, res, fail)
     if seg is not None and train is not None and not load:
         key = cache_key(name, opts, budget, train_fp) if train_fp else None
         res["cache_key"] = key
         cached = Path(cache_dir) / f"{name}-{key}" if cache_dir and key else None
         if cached is not None and (cached / CACHE_INFO).is_file():
-            try:
-                seg = cls.load(cached)
-                info = json.loads((cached / CACHE_INFO).read_text())
-                res.update(cached=True, trained=True, train_s=float(info.get("train_s", 0.0)))
-            except Exception as exc:  # a broken cache entry: train again
-                log.append(f"== cache load failed, retraining\n{_error_line(exc)}")
-                seg = cls(**opts)
+            seg = _load_cached(cls, opts, cached, res, log)
         if not res["cached"]:
-            workdir = tmp / "work" / f"{name}{tag}"
-            workdir.mkdir(parents=True, exist_ok=True)
-            t0 = time.perf_counter()
-            try:
-                seg.fit(
-                    train,
-                    workdir,
-                    budget_minutes=budget.get("minutes"),
-                    epochs=budget.get("epochs"),
-                    progress=progress,
-                )
-                res["train_s"] = time.perf_counter() - t0
-                res["trained"] = True
-            except Exception as exc:
-                res["train_s"] = time.perf_counter() - t0
-                fail("fit", exc)
-                seg = None
-            for folder in (workdir, workdir.parent):  # no empty folders left behind
-                if folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
+            seg = _fit(seg, train, budget, tmp / "work" / f"{name}{tag}", progress, res, fail)
             if seg is not None and cached is not None:
-                try:
-                    with atomic_dir(cached, overwrite=True) as ctmp:
-                        seg.save(ctmp)
-                        info = {
-                            "segmenter": name,
-                            "options": opts,
-                            "budget": budget,
-                            "train": str(train.root),
-                            "train_fingerprint": train_fp,
-                            "train_s": res["train_s"],
-                            "created": datetime.datetime.now().isoformat(timespec="seconds"),
-                        }
-                        write_text(ctmp / CACHE_INFO, json.dumps(_clean(info), indent=1))
-                except Exception as exc:
-                    fail("save", exc)
+                _save_cached(seg, cached, name, opts, budget, train, train_fp, res, fail)
     if seg is not None and (res["trained"] or load):
         info = getattr(seg, "info", None)
         res["training"] = _clean(dict(info)) if isinstance(info, dict) and info else None
-    shipped = None
-    if seg is not None and client is not None:
-        from cellsynth.benchmark import cluster
-
-        try:
-            shipped = cluster.ship(client, seg)
-        except Exception as exc:  # e.g. a model that cannot be pickled: predict here
-            log.append(f"== dask: cannot send {name} to the workers; predicted here\n{exc}")
-    try:
-        for dkey, ds in tests.items():
-            if seg is None:
-                dres = new_dataset_result()
-                dres.update(status="failed", error=res["error"])
-            elif shipped is not None:
-                dres = cluster.score_test_set(
-                    client, shipped, name, tag, dkey, ds, tmp, n_samples, progress, failed
-                )
-            else:
-                dres = _score_test_set(seg, name, tag, dkey, ds, tmp, n_samples, progress, fail)
-            res["datasets"][dkey] = dres
-    finally:
-        if shipped is not None:
-            cluster.release(client, shipped)
+    _score_test_sets(
+        seg, res, log, name, tag, tests, tmp, n_samples, progress, client, failed, fail
+    )
     if log:
         write_text(tmp / "logs" / f"{name}{tag}.txt", "\n".join(log))
     return res
@@ -526,6 +565,25 @@ def _test_set_record(ds, synthetic_roots) -> dict:
     return rec
 
 
+def _training_splits(train_dir, train_real_dir, cache_dir, progress: bool) -> tuple:
+    """``((train, fingerprint), (train_real, fingerprint))`` of a run: each None when its
+    folder is not given, a fingerprint only with a ``cache_dir``; ``train_real_dir`` must be
+    another split than ``train_dir``."""
+    train, train_fp = None, None
+    if train_dir is not None:
+        train = CanonicalDataset(train_dir, "train")
+        train_fp = dataset_fingerprint(train, progress) if cache_dir else None
+    train_real, train_real_fp = None, None
+    if train_real_dir is not None:
+        train_real = CanonicalDataset(train_real_dir, "train")
+        if Path(train_real.root).resolve() == Path(train.root).resolve():
+            raise CellsynthError(
+                f"{train_real_dir}: --train-real is the same split as --train; give a real one"
+            )
+        train_real_fp = dataset_fingerprint(train_real, progress) if cache_dir else None
+    return (train, train_fp), (train_real, train_real_fp)
+
+
 def run_benchmark(
     train_dir,
     test_dirs,
@@ -588,19 +646,9 @@ def run_benchmark(
     if train_real_dir is not None and train_dir is None:
         raise CellsynthError("--train-real needs --train (the synthetic training split)")
     dask = parse_dask(dask)
-
-    train, train_fp = None, None
-    if train_dir is not None:
-        train = CanonicalDataset(train_dir, "train")
-        train_fp = dataset_fingerprint(train, progress) if cache_dir else None
-    train_real, train_real_fp = None, None
-    if train_real_dir is not None:
-        train_real = CanonicalDataset(train_real_dir, "train")
-        if Path(train_real.root).resolve() == Path(train.root).resolve():
-            raise CellsynthError(
-                f"{train_real_dir}: --train-real is the same split as --train; give a real one"
-            )
-        train_real_fp = dataset_fingerprint(train_real, progress) if cache_dir else None
+    (train, train_fp), (train_real, train_real_fp) = _training_splits(
+        train_dir, train_real_dir, cache_dir, progress
+    )
     all_tests, flagged = _test_dirs(test_dirs, synthetic_tests)
     tests = open_test_sets(all_tests, max_images)
 
@@ -621,18 +669,9 @@ def run_benchmark(
         for name in tqdm(names, desc="segmenters", disable=not progress):
             opts = dict(options.get(name) or {})
             budget = {k: v for k, v in dict(budgets.get(name) or {}).items() if v is not None}
+            common = dict(tests=tests, tmp=tmp, cache_dir=cache_dir, progress=progress)
             results["segmenters"][name] = _run_one(
-                name,
-                opts,
-                budget,
-                train,
-                train_fp,
-                tests,
-                tmp,
-                cache_dir,
-                progress,
-                n_samples,
-                client=client,
+                name, opts, budget, train, train_fp, n_samples=n_samples, client=client, **common
             )
             _free_memory()
             if train_real is not None:
@@ -642,13 +681,10 @@ def run_benchmark(
                     budget,
                     train_real,
                     train_real_fp,
-                    tests,
-                    tmp,
-                    cache_dir,
-                    progress,
-                    0,
+                    n_samples=0,
                     tag=TRAIN_REAL_TAG,
                     client=client,
+                    **common,
                 )
                 _free_memory()
         results = _clean(results)

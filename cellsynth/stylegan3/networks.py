@@ -88,30 +88,18 @@ class Generator(nn.Module):
         kw = dict(kw)
         w_avg_beta = kw.pop("w_avg_beta", 0.998)
         map_lr = kw.pop("mapping_lr_multiplier", 0.01)
+        shape = (self.w_dim, self.img_resolution, self.img_channels)
+        channels = dict(channel_base=cbase, channel_max=cmax)
         if cfg == "stylegan2":
             for key in kw:
                 if key not in ("num_fp16_res", "conv_clamp", "fused_modconv"):
                     raise CellsynthError(f"unknown stylegan2 generator option {key!r}")
-            self.synthesis = SynthesisNetwork2(
-                self.w_dim,
-                self.img_resolution,
-                self.img_channels,
-                channel_base=cbase,
-                channel_max=cmax,
-                **kw,
-            )
+            self.synthesis = SynthesisNetwork2(*shape, **channels, **kw)
         else:
             kw.setdefault("conv_kernel", 1 if cfg == "stylegan3-r" else 3)
             kw.setdefault("use_radial_filters", cfg == "stylegan3-r")
             try:
-                self.synthesis = SynthesisNetwork3(
-                    self.w_dim,
-                    self.img_resolution,
-                    self.img_channels,
-                    channel_base=cbase,
-                    channel_max=cmax,
-                    **kw,
-                )
+                self.synthesis = SynthesisNetwork3(*shape, **channels, **kw)
             except TypeError as exc:
                 raise CellsynthError(f"bad stylegan3 generator option: {exc}") from None
         self.num_ws = self.synthesis.num_ws

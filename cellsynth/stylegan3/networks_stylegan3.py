@@ -210,11 +210,14 @@ class SynthesisLayer3(nn.Module):
             input_gain=input_gain,
             fused=fused_modconv,
         )
-        x = filtered_lrelu(
-            x,
+        return filtered_lrelu(x, b=self.bias.to(x.dtype), **self.filtered_lrelu_kwargs())
+
+    def filtered_lrelu_kwargs(self) -> dict:
+        """The keyword arguments of this layer's :func:`filtered_lrelu` besides ``x`` and
+        ``b``: its up/down filters and factors, padding, gain, slope and clamp."""
+        return dict(
             fu=self.up_filter,
             fd=self.down_filter,
-            b=self.bias.to(x.dtype),
             up=self.up_factor,
             down=self.down_factor,
             padding=self.padding,
@@ -222,7 +225,6 @@ class SynthesisLayer3(nn.Module):
             slope=self.slope,
             clamp=self.conv_clamp,
         )
-        return x
 
     def extra_repr(self):
         return (

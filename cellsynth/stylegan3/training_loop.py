@@ -232,6 +232,46 @@ class Trainer:
         self.opts, self.rank, self.world = opts, rank, world
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.logger = logger
+        self._init_device_and_seeds()
+        self._init_batch()
+        self._init_data()
+        cfg = opts["cfg"]
+        if cfg not in CFG_DEFAULTS:
+            raise CellsynthError(f"unknown --cfg {cfg!r}; use one of {sorted(CFG_DEFAULTS)}")
+        defaults = CFG_DEFAULTS[cfg]
+        self.build = build_args(opts, self.data, self.c_dim)
+
+        resume = None
+        if opts.get("resume"):
+            resume = load_snapshot(opts["resume"])
+            self._check_resume(resume)
+
+        self._init_networks()
+        self._init_augment()
+        self._init_loss(cfg, defaults)
+        self._init_optimizers(defaults)
+        ema_kimg = opts.get("ema_kimg")
+        self.ema_kimg = float(ema_kimg) if ema_kimg is not None else self.batch * 10 / 32
+        self.ema_rampup = opts.get("ema_rampup", 0.05)
+
+        self.cur_nimg = 0
+        self.cur_tick = 0
+        self.batch_idx = 0
+        self.tick_start_nimg = 0
+        self.tick_stats = {}
+        self.fine_tune = False
+        if resume is not None:
+            self._load_resume(resume)
+        if (resume is None or self.fine_tune) and world > 1:
+            for m in (self.G, self.D, self.G_ema):
+                dist.broadcast_module(m)
+        self._init_grid()
+
+    # ------------------------------------------------------------------------------ setup
+    def _init_device_and_seeds(self) -> None:
+        """The device (``device`` option, else this rank's GPU, else the CPU), the ops
+        implementation, the process's seeds and the cuDNN/TF32 settings."""
+        opts, rank, world = self.opts, self.rank, self.world
         if opts.get("device"):
             self.device = torch.device(opts["device"])
         elif torch.cuda.is_available():
@@ -248,8 +288,11 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
 
-        self.batch = int(opts["batch"])
-        self.batch_gpu = int(opts.get("batch_gpu") or self.batch // world)
+    def _init_batch(self) -> None:
+        """``batch``, ``batch_gpu`` (per process and round) and the rounds per iteration."""
+        world = self.world
+        self.batch = int(self.opts["batch"])
+        self.batch_gpu = int(self.opts.get("batch_gpu") or self.batch // world)
         if self.batch % (self.batch_gpu * world) != 0:
             raise CellsynthError(
                 f"--batch {self.batch} must be a multiple of --batch-gpu {self.batch_gpu} "
@@ -257,12 +300,15 @@ class Trainer:
             )
         self.rounds = self.batch // (self.batch_gpu * world)
 
+    def _init_data(self) -> None:
+        """This process's shard of the masks zip, and ``c_dim`` (0 unless ``cond``)."""
+        opts = self.opts
         self.data = MaskData(
             opts["data"],
             mirror=opts.get("mirror", False),
-            rank=rank,
-            world=world,
-            seed=seed,
+            rank=self.rank,
+            world=self.world,
+            seed=int(opts.get("seed", 0)),
             workers=opts.get("workers", 2),
         )
         if opts.get("cond"):
@@ -272,27 +318,21 @@ class Trainer:
         else:
             self.c_dim = 0
 
-        cfg = opts["cfg"]
-        if cfg not in CFG_DEFAULTS:
-            raise CellsynthError(f"unknown --cfg {cfg!r}; use one of {sorted(CFG_DEFAULTS)}")
-        defaults = CFG_DEFAULTS[cfg]
-        self.build = build_args(opts, self.data, self.c_dim)
-
-        resume = None
-        if opts.get("resume"):
-            resume = load_snapshot(opts["resume"])
-            self._check_resume(resume)
-
+    def _init_networks(self) -> None:
+        """G, D (in training mode, at the training precision, on the device) and G_ema."""
         from cellsynth.stylegan3.networks import build_networks
         from cellsynth.stylegan3.networks_stylegan2 import set_precision
 
         G, D = build_networks(**self.build)
-        self.precision = _precision(opts)
+        self.precision = _precision(self.opts)
         mode = {"bf16": "mixed", "fp32": "fp32"}.get(self.precision, "default")
         self.G = set_precision(G.train().requires_grad_(False).to(self.device), mode)
         self.D = set_precision(D.train().requires_grad_(False).to(self.device), mode)
         self.G_ema = copy.deepcopy(self.G).eval()
 
+    def _init_augment(self) -> None:
+        """The augmentation pipe (None with ``aug`` noaug) and the ADA state."""
+        opts = self.opts
         self.augment = None
         if opts.get("aug", "ada") != "noaug":
             self.augment = AugmentPipe.from_preset(
@@ -306,12 +346,14 @@ class Trainer:
         self.ada_kimg = float(opts.get("ada_kimg", 500))
         self.ada_stats = torch.zeros(2, dtype=torch.float64)
 
+    def _init_loss(self, cfg: str, defaults: dict) -> None:
+        """The StyleGAN loss of configuration ``cfg`` (blurred real images for stylegan3-r)."""
         blur_sigma = 10.0 if cfg == "stylegan3-r" else 0.0
         self.loss = StyleGANLoss(
             self.G,
             self.D,
             self.augment,
-            r1_gamma=float(opts["gamma"]),
+            r1_gamma=float(self.opts["gamma"]),
             style_mixing_prob=defaults["style_mixing"],
             pl_weight=defaults["pl_weight"],
             blur_init_sigma=blur_sigma,
@@ -319,8 +361,12 @@ class Trainer:
         )
         self.loss.pl_mean = torch.zeros([], device=self.device)
 
-        glr = float(opts.get("glr") or defaults["glr"])
-        dlr = float(opts.get("dlr") or 0.002)
+    def _init_optimizers(self, defaults: dict) -> None:
+        """The Adam optimisers of G and D and the phases of an iteration: ``Xboth`` without
+        lazy regularisation, else ``Xmain`` and ``Xreg`` (every ``reg`` iterations, with the
+        learning rate and betas scaled as in StyleGAN2)."""
+        glr = float(self.opts.get("glr") or defaults["glr"])
+        dlr = float(self.opts.get("dlr") or 0.002)
         self.phases = []
         self.opt = {}
         for name, module, lr, reg in (
@@ -339,25 +385,11 @@ class Trainer:
                 self.phases.append((name + "reg", module, opt, reg))
             self.opt[name] = opt
 
-        ema_kimg = opts.get("ema_kimg")
-        self.ema_kimg = float(ema_kimg) if ema_kimg is not None else self.batch * 10 / 32
-        self.ema_rampup = opts.get("ema_rampup", 0.05)
-
-        self.cur_nimg = 0
-        self.cur_tick = 0
-        self.batch_idx = 0
-        self.tick_start_nimg = 0
-        self.tick_stats = {}
-        self.fine_tune = False
-        if resume is not None:
-            self._load_resume(resume)
-        if (resume is None or self.fine_tune) and world > 1:
-            for m in (self.G, self.D, self.G_ema):
-                dist.broadcast_module(m)
-
-        # Fixed latents for the fakes grids (own generator: never touches the training RNG).
-        g = torch.Generator().manual_seed(int(opts.get("seed", 0)) + 12345)
-        self.grid_n = int(opts.get("grid", 32))
+    def _init_grid(self) -> None:
+        """Fixed latents and classes for the fakes grids (own generator: never touches the
+        training RNG)."""
+        g = torch.Generator().manual_seed(int(self.opts.get("seed", 0)) + 12345)
+        self.grid_n = int(self.opts.get("grid", 32))
         self.grid_z = torch.randn([self.grid_n, self.G.z_dim], generator=g)
         self.grid_c = (
             torch.arange(self.grid_n) % self.c_dim if self.c_dim else torch.zeros(self.grid_n)
