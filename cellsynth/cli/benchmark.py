@@ -391,6 +391,13 @@ def validate_cmd(results_dir, synthetic, n_boot, seed):
 )
 @click.option("--segmenter", "name", required=True, help="The segmenter that judges the images.")
 @_train_option("Train the segmenter on this split first (default: use it as it is).")
+@click.option(
+    "--load",
+    "load",
+    default=None,
+    metavar="MODEL",
+    help="Use a trained model: a saved segmenter folder or a shipped name (`cellsynth models`).",
+)
 @_config_option("YAML with the segmenter's options and budget (as for benchmark run).")
 @click.option("--minutes", type=float, default=None, help="Training budget in minutes.")
 @click.option("--epochs", type=int, default=None, help="Training epochs.")
@@ -403,6 +410,7 @@ def fidelity_cmd(
     translated_dir,
     name,
     train_dir,
+    load,
     config,
     minutes,
     epochs,
@@ -429,9 +437,17 @@ def fidelity_cmd(
         check_writable(out, overwrite)
     if max_images is not None and max_images < 1:
         raise CellsynthError(f"--max-images must be >= 1, got {max_images}")
-    options, budget = _segmenter_settings(_read_config(config), name, minutes, epochs)
+    options, budget = _segmenter_settings(_read_config(config), name, minutes, epochs, load)
+    if budget.get("load") and train_dir is not None:
+        raise CellsynthError("--load uses a trained model as it is; drop --train (or --load)")
     pairs = load_pairs(real_dir, translated_dir, max_images)
-    seg = make_segmenter(name, **options)
+    if budget.get("load"):
+        from cellsynth.benchmark.segmenters import get_segmenter_class
+        from cellsynth.models import segmenter_folder
+
+        seg = get_segmenter_class(name).load(segmenter_folder(budget["load"], name))
+    else:
+        seg = make_segmenter(name, **options)
     if train_dir is not None:
         train = CanonicalDataset(train_dir, "train")
         with tempfile.TemporaryDirectory(prefix="cellsynth-fidelity-") as work:
@@ -451,6 +467,7 @@ def fidelity_cmd(
         real_dir=str(Path(real_dir).resolve()),
         translated_dir=str(Path(translated_dir).resolve()),
         train=None if train_dir is None else str(Path(train_dir).resolve()),
+        loaded=budget.get("load"),
         pairs=[list(p) for p in pairs["pairs"]],
         paired_by=pairs["paired_by"],
         mask_mismatch=pairs["mask_mismatch"],

@@ -1,7 +1,8 @@
 """The whole pipeline in one command, sized for a laptop CPU: ``cellsynth demo``.
 
 - ``presets``   sizes of data, networks and budgets (laptop, tiny)
-- ``stages``    data, pack, stylegan3, pix2pixhd, synth, realism, benchmark
+- ``stages``    data, synth, realism, finetune-masks, finetune-images, benchmark
+- ``answer``    what the report leads with: the segmenter to trust, how sure, the agreement
 - ``pipeline``  runs the stages in order, timed, a failure isolated; :func:`run_demo`
 - ``report``    ``OUT/report.html`` (HTML helpers shared with the benchmark report:
                 :mod:`cellsynth.htmlkit`)

@@ -87,6 +87,19 @@ def _prepare(out: Path, data, overwrite: bool) -> None:
     out.mkdir(parents=True)
 
 
+def _echo_figures(pipe: Pipeline, echo) -> None:
+    """Print the report's answer and the demo's goals."""
+    from cellsynth.demo.answer import demo_goals, headline
+
+    res = pipe.get("benchmark").outputs.get("results") if pipe.status("benchmark") == "ok" else None
+    real = pipe.get("realism").outputs.get("figures") if pipe.status("realism") == "ok" else None
+    if res:
+        for line in headline(res):
+            echo(f"[demo] {line}")
+    for goal, g in demo_goals(res, real).items():
+        echo(f"[demo] goal {'met' if g['met'] else 'NOT met'}: {goal}: {g['value']}")
+
+
 def run_demo(
     out="demo-out",
     data=None,
@@ -101,8 +114,9 @@ def run_demo(
 
     Args:
         out: output folder (refused if it exists, unless ``overwrite``).
-        data: a canonical dataset (root with train/ and test/ splits); None = simulate one.
-        minutes: training budget of the GANs and segmenters together (default per preset).
+        data: a canonical dataset (root with train/ and test/ splits); None = the embedded
+            real sample (DSB2018 nuclei).
+        minutes: fine-tuning budget of the two GANs together (default per preset).
         preset: "laptop" or "tiny" (sizes of data, networks and budgets).
         segmenters: comma-separated names for the benchmark (default per preset).
         overwrite: replace ``out``.
@@ -136,7 +150,9 @@ def run_demo(
             for s in pipe.stages
         ],
     }
+    summary["facts"] = demo.facts
     write_text(out / "demo.json", json.dumps(summary, indent=1, default=str))
-    report = write_demo_report(out, pipe, demo.paths, summary)
+    report = write_demo_report(out, pipe, demo.paths, summary, demo.facts)
+    _echo_figures(pipe, echo)
     echo(f"[demo] done in {summary['seconds_total']:.0f}s; report: {report.resolve()}")
     return report

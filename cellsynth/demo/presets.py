@@ -1,7 +1,10 @@
 """Sizes of everything in the demo, per preset.
 
-"laptop" is the README's demo (about 10 minutes on 2 CPU cores plus the install); "tiny" runs
-the same code paths in about a minute (tests, CI).
+"laptop" is the README's demo (under 10 minutes on 2 CPU cores, plus the install); "tiny" runs
+the same code paths in about a minute (tests, CI). The shipped models do the heavy lifting: the
+demo synthesises with them, fine-tunes them briefly to show that training works, and benchmarks
+the shipped segmenters; ``minutes`` is the budget of that fine-tuning (and of any segmenter the
+user names that has no shipped model and so trains on the synthetic set).
 """
 
 from __future__ import annotations
@@ -11,39 +14,26 @@ from dataclasses import dataclass, field
 
 from cellsynth.errors import CellsynthError
 
-# Share of the training budget per stage (the rest of the pipeline is fast).
-BUDGET_SHARES = {"stylegan3": 0.30, "pix2pixhd": 0.22, "benchmark": 0.48}
+# Share of the training budget per stage (everything else is inference).
+BUDGET_SHARES = {"finetune-masks": 0.5, "finetune-images": 0.5}
+SHIPPED = "dsb2018-nuclei"  # the shipped models the demo uses
 
 
 @dataclass(frozen=True)
 class Preset:
     """Data, network and budget sizes (defaults: the laptop preset)."""
 
-    n_train: int = 48  # simulated data
-    n_test: int = 12
-    size: int = 128
-    density: float = 0.55
-    mean_radius: float = 10.0
-    mask_res: int = 64  # StyleGAN
-    sg3_cfg: str = "stylegan2"
-    sg3_cbase: int = 4096
-    sg3_cmax: int = 128
-    sg3_batch: int = 8
-    p2p_ngf: int = 16  # Pix2PixHD
-    p2p_ndf: int = 16
-    p2p_down: int = 3
-    p2p_blocks: int = 3
-    synth_train: int = 48  # synthetic pairs
-    synth_test: int = 12
-    spots: float = 3.0
-    segmenters: str = "classical,cellpose,u2net,maskrcnn"
-    seg_options: dict = field(
-        default_factory=lambda: {
-            "u2net": {"variant": "small"},
-            "maskrcnn": {"arch": "resnet18_fpn"},
-        }
-    )
-    minutes: float = 8.0  # training budget of the GANs and segmenters together
+    synth_train: int = 200  # synthetic pairs (128 x 128 at full scale)
+    synth_test: int = 100
+    spots: float = 3.0  # mean puncta per cell
+    max_real_test: int | None = None  # images of the real test split used (None: all)
+    max_train_images: int | None = None  # real training images the GANs are fine-tuned on
+    sg3_batch: int = 8  # fine-tuning
+    p2p_crop: int = 128
+    segmenters: str = "classical,stardist,cellpose,unet,u2net"
+    seg_options: dict = field(default_factory=dict)  # for segmenters trained in the demo
+    n_boot: int = 1000
+    minutes: float = 3.0  # fine-tuning budget of both GANs together
 
     def budget(self) -> dict[str, float]:
         """Training minutes per stage."""
@@ -56,25 +46,16 @@ class Preset:
 PRESETS = {
     "laptop": Preset(),
     "tiny": Preset(
-        n_train=8,
-        n_test=3,
-        size=64,
-        density=0.5,
-        mean_radius=8.0,
-        mask_res=32,
-        sg3_cbase=1024,
-        sg3_cmax=32,
-        sg3_batch=4,
-        p2p_ngf=8,
-        p2p_ndf=8,
-        p2p_down=2,
-        p2p_blocks=1,
         synth_train=6,
-        synth_test=3,
+        synth_test=4,
         spots=2.0,
-        segmenters="classical,u2net",
-        seg_options={"u2net": {"variant": "small"}},
-        minutes=1.0,
+        max_real_test=4,
+        max_train_images=2,
+        sg3_batch=4,
+        p2p_crop=64,
+        segmenters="classical,unet,u2net",
+        n_boot=200,
+        minutes=0.4,
     ),
 }
 

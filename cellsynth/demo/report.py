@@ -1,6 +1,8 @@
-"""The demo's report: ``OUT/report.html``, one self-contained page with the stages, training
-curves, generated masks, synthetic images and puncta next to real ones, the realism figures,
-the benchmark tables and overlays (the benchmark's own sections), and any errors."""
+"""The demo's report: ``OUT/report.html``, one self-contained page that leads with the answer
+(which segmenter to trust on the real images, how sure, how well the synthetic benchmark agrees,
+the demo's goals), then the evidence: stages, synthetic images and puncta next to real ones, the
+mask realism, the benchmark with its rank agreement (the benchmark report's own sections), the
+fine-tuning curves and before/after grids, and any errors."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import numpy as np
 
 from cellsynth import __version__, htmlkit
 from cellsynth.atomic import write_text
-from cellsynth.demo.stages import latest
 from cellsynth.htmlkit import escape
 
 
@@ -86,58 +87,104 @@ def sample_panels(split_dir: Path, k: int, spots: bool) -> list[tuple[str, str]]
     return panels
 
 
-def _gan_sections(paths: dict) -> list[tuple[str, str | None]]:
+FINETUNE_NOTE = (
+    "<p>What this shows: the shipped models train here, from their own weights, on the real "
+    "training images, and their losses stay finite. What it cannot show: a few minutes of "
+    "fine-tuning on a CPU do not make models better that were trained far longer (see their "
+    "cards: <code>cellsynth models show dsb2018-nuclei</code>); compare the grids for drift. "
+    "The synthetic data and the benchmark above use the shipped models, not these.</p>"
+)
+
+
+def _answer_section(pipe, facts: dict) -> list[tuple[str, str | None]]:
+    from cellsynth.demo.answer import demo_goals, headline
+
+    res = pipe.get("benchmark").outputs.get("results") if pipe.status("benchmark") == "ok" else None
+    real = pipe.get("realism").outputs.get("figures") if pipe.status("realism") == "ok" else None
+    lines = headline(res) if res else ["The benchmark stage did not finish; see Errors."]
+    goals = demo_goals(res, real)
+    rows = [[k, g["value"], "met" if g["met"] else "NOT met"] for k, g in goals.items()]
+    text = "".join(f"<p><b>{escape(line)}</b></p>" for line in lines)
+    data = facts.get("data") or {}
+    if data:
+        n = data["images"]
+        text += (
+            f"<p>Data: {escape(data['what'])} ({n['train']} training, {n['test']} test images).</p>"
+        )
+    if facts.get("synth"):
+        text += f"<p>Synthetic set: {escape(facts['synth'])}, translated by the shipped "
+        text += "translator, with puncta.</p>"
+    text += "<h3>The demo's goals</h3>" + htmlkit.html_table(
+        ["goal", "measured", ""],
+        rows,
+        left=2,
+        row_class=["" if g["met"] else "failed" for g in goals.values()],
+    )
+    return [("The answer", text)]
+
+
+def _finetune_sections(paths: dict) -> list[tuple[str, str | None]]:
     curves = curves_uri(
         {"StyleGAN (masks)": paths.get("sg3_run"), "Pix2PixHD (images)": paths.get("p2p_run")}
     )
-    out = [("Training curves", curves and f"<img src='{curves}' style='max-width:100%'>")]
-    sg3 = paths.get("sg3_run")
-    if sg3:
-        fakes, reals = latest(sg3, "fakes*.png"), latest(sg3, "reals.png")
-        grid = [
-            (f"real encoded masks ({reals.name if reals else '-'})", file_uri(reals)),
-            (f"generated ({fakes.name if fakes else '-'})", file_uri(fakes)),
-        ]
-        out.append(
-            (
-                "Generated masks (foreground, boundary, distance as RGB)",
-                htmlkit.panel_grid([(c, u) for c, u in grid if u]),
-            )
+    parts = [FINETUNE_NOTE]
+    if curves:
+        parts.append(f"<img src='{curves}' style='max-width:100%'>")
+    grids = paths.get("masks_grids") or {}
+    panels = [(f"generated masks, seeds 0-15: {tag}", file_uri(p)) for tag, p in grids.items()]
+    panels = [(c, u) for c, u in panels if u]
+    if panels:
+        parts.append(
+            "<p>Masks as the generator makes them (red: nucleus, green: boundary between "
+            "touching nuclei, blue: distance to the edge).</p>" + htmlkit.panel_grid(panels)
         )
-    return out
+    uri = file_uri(paths.get("images_grid"))
+    if uri:
+        parts.append(
+            "<p>Real test images (left), and their masks translated by the shipped translator "
+            "(middle) and by the fine-tuned one (right).</p>"
+            + htmlkit.panel_grid([("real | shipped | fine-tuned", uri)])
+        )
+    return [("Training works: a short fine-tuning of both GANs", "".join(parts))]
 
 
 def _data_sections(pipe, paths: dict) -> list[tuple[str, str | None]]:
     out = []
     if pipe.status("synth") == "ok":
         panels = sample_panels(paths["synth_test"], 3, spots=True)
-        out.append(("Synthetic images and puncta (test set)", htmlkit.panel_grid(panels)))
+        out.append(("Synthetic images, masks and puncta (test set)", htmlkit.panel_grid(panels)))
     if pipe.status("data") == "ok":
         panels = sample_panels(paths["data"] / "test", 3, spots=False)
-        out.append(("Real (or simulated) held-out images", htmlkit.panel_grid(panels)))
+        out.append(("Real held-out images", htmlkit.panel_grid(panels)))
     if pipe.status("realism") == "ok":
         fig = pipe.get("realism").outputs["figures"]
-        rows = [[k, f"{float(v):.4g}"] for k, v in fig.items()]
+        rows = [[k, f"{float(v):.4g}"] for k, v in fig.items() if isinstance(v, (int, float))]
         text = (
-            "<p>w1_*: Wasserstein-1 distance / real spread; ks_*: Kolmogorov-Smirnov "
-            "statistic (0 = same distribution).</p>" + htmlkit.html_table(["figure", "value"], rows)
+            f"<p>Synthetic masks against the real test masks cut into {fig['tile']} px tiles "
+            "(the synthetic images' size). w1_*: Wasserstein-1 distance / real spread; ks_*: "
+            "Kolmogorov-Smirnov statistic (0 = same distribution).</p>"
+            + htmlkit.html_table(["figure", "value"], rows)
         )
-        out.append(("Mask realism (morphology of generated vs real masks)", text))
+        out.append(("Mask realism (morphology of synthetic vs real masks)", text))
     return out
 
 
 def _benchmark_section(pipe, out: Path) -> list[tuple[str, str | None]]:
     if pipe.status("benchmark") != "ok":
         return []
-    from cellsynth.benchmark.report import dataset_section
+    from cellsynth.benchmark.report import dataset_section, validity_section
 
     res = pipe.get("benchmark").outputs["results"]
     parts = [
-        "<p>Segmenters trained on the synthetic training set. Full benchmark report: "
+        "<p>Shipped segmenters are loaded as they are (trained on the DSB2018 training split; "
+        "their cards say how); <code>classical</code> tunes its post-processing on the "
+        "synthetic training set. Full benchmark report: "
         "<a href='benchmark/report.html'>benchmark/report.html</a>.</p>"
     ]
+    if res.get("validity"):
+        parts.append(validity_section(res))
     parts += [dataset_section(out / "benchmark", res, dkey) for dkey in res["datasets"]]
-    return [("Segmenter benchmark", "".join(parts))]
+    return [("Segmenter benchmark: synthetic against real", "".join(parts))]
 
 
 def _errors_section(pipe) -> list[tuple[str, str | None]]:
@@ -149,25 +196,30 @@ def _errors_section(pipe) -> list[tuple[str, str | None]]:
     return [("Errors", text)]
 
 
-def write_demo_report(out: Path, pipe, paths: dict, summary: dict) -> Path:
-    """Write ``out/report.html`` for the stages of ``pipe`` (a :class:`Pipeline`)."""
+def write_demo_report(out: Path, pipe, paths: dict, summary: dict, facts=None) -> Path:
+    """Write ``out/report.html`` for the stages of ``pipe`` (a :class:`Pipeline`): the answer
+    first, then the evidence."""
+    facts = facts or {}
     body = [
         "<h1>cellsynth demo</h1>",
         f"<p>cellsynth {escape(__version__)}, preset {escape(summary['preset'])}, "
         f"training budget {summary['minutes_budget']:.1f} min, total "
         f"{summary['seconds_total'] / 60:.1f} min. Data: {escape(paths['data'])}.</p>",
-        "<h2>Stages</h2>",
-        htmlkit.html_table(
-            ["stage", "status", "seconds", "detail / error"],
-            [[s.name, s.status, f"{s.seconds:.0f}", s.detail or s.error] for s in pipe.stages],
-            left=4,
-            row_class=["failed" if s.status != "ok" else "" for s in pipe.stages],
-        ),
     ]
     sections = [
-        *_gan_sections(paths),
+        *(_answer_section(pipe, facts) if pipe.status("benchmark") != "missing" else []),
+        (
+            "Stages",
+            htmlkit.html_table(
+                ["stage", "status", "seconds", "detail / error"],
+                [[s.name, s.status, f"{s.seconds:.0f}", s.detail or s.error] for s in pipe.stages],
+                left=4,
+                row_class=["failed" if s.status != "ok" else "" for s in pipe.stages],
+            ),
+        ),
         *_data_sections(pipe, paths),
         *_benchmark_section(pipe, out),
+        *(_finetune_sections(paths) if paths.get("sg3_run") or paths.get("p2p_run") else []),
         *_errors_section(pipe),
     ]
     body += [f"<h2>{escape(title)}</h2>{content}" for title, content in sections if content]

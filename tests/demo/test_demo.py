@@ -12,32 +12,94 @@ from cellsynth.demo import Pipeline, run_demo
 from cellsynth.errors import CellsynthError
 
 
+STAGES = ("data", "synth", "realism", "finetune-masks", "finetune-images", "benchmark")
+
+
 @pytest.mark.slow
 def test_demo_tiny_end_to_end(tmp_path):
+    lines = []
     out = tmp_path / "demo"
-    report = run_demo(out=out, preset="tiny", minutes=0.6, echo=lambda m: None)
+    report = run_demo(out=out, preset="tiny", echo=lines.append)
     assert report == out / "report.html" and report.is_file()
     summary = json.loads((out / "demo.json").read_text())
     status = {s["name"]: s["status"] for s in summary["stages"]}
-    assert status == {
-        k: "ok" for k in ("data", "pack", "stylegan3", "pix2pixhd", "synth", "realism", "benchmark")
-    }, summary["stages"]
+    assert status == {k: "ok" for k in STAGES}, summary["stages"]
+    assert "embedded real sample" in summary["facts"]["data"]["what"]
     page = report.read_text()
-    for heading in (
-        "Training curves",
-        "Generated masks",
-        "Synthetic images and puncta",
+    headings = [
+        "The answer",
+        "The demo's goals",
+        "Synthetic images, masks and puncta",
+        "Real held-out images",
         "Mask realism",
-        "Segmenter benchmark",
-    ):
-        assert heading in page
+        "Segmenter benchmark: synthetic against real",
+        "Training works",
+    ]
+    at = [page.index(h) for h in headings]
+    assert at[0] < page.index("<h2>Stages</h2>")  # the answer leads
+    assert "Trust " in page and "Spearman" in page
     assert "<script" not in page and "http://" not in page  # self-contained, offline
+    assert any(line.startswith("[demo] Trust ") for line in lines)
+    assert sum("[demo] goal " in line for line in lines) == 4
     assert (out / "synthetic" / "train" / "annotations.json").is_file()
+    assert (out / "finetune" / "masks_before.png").is_file()
+    assert (out / "finetune" / "masks_after.png").is_file()
+    assert (out / "finetune" / "images_before_after.png").is_file()
     bench = json.loads((out / "benchmark" / "results.json").read_text())
-    assert len(bench["datasets"]) == 2  # synthetic test + held-out (simulated) real test
-    # a second run refuses to overwrite without --overwrite, and replaces with it
+    assert len(bench["datasets"]) == 2  # synthetic test + the real sample's test split
+    assert bench["validity"]["comparisons"][0]["metrics"]["ap50"]["spearman"]["ci"] is not None
+    realism = json.loads((out / "realism.json").read_text())
+    assert realism["tile"] == 128 and realism["objects_per_image_real"] > 0
+    # a second run refuses to overwrite without --overwrite
     with pytest.raises(CellsynthError, match="--overwrite"):
         run_demo(out=out, preset="tiny", echo=lambda m: None)
+
+
+def test_answer_from_made_up_results():
+    """The headline on hand-made per-image counts: the best segmenter, its lead, the goals."""
+    from cellsynth.demo.answer import best_on_real, demo_goals, headline
+
+    def rows(tp50, n_true=10, n_pred=10):
+        return [
+            {
+                "tp": [t] * 10,
+                "fp": [n_pred - t] * 10,
+                "fn": [n_true - t] * 10,
+                "tp50": t,
+                "n_true": n_true,
+                "n_pred": n_pred,
+                "iou_sum": 0.8 * t,
+            }
+            for t in tp50
+        ]
+
+    def seg(real, syn):
+        ok = {"status": "ok", "summary": {"ap50": 0.0}}
+        return {
+            "datasets": {"real": dict(ok, images=rows(real)), "syn": dict(ok, images=rows(syn))}
+        }
+
+    results = {
+        "datasets": {"real": {"synthetic": False}, "syn": {"synthetic": True}},
+        "segmenters": {
+            "stardist": seg([9, 9, 8, 9], [9, 8, 9, 9]),
+            "classical": seg([6, 7, 6, 5], [7, 7, 6, 6]),
+            "unet": seg([4, 5, 3, 4], [5, 4, 5, 4]),
+        },
+    }
+    ranked = best_on_real(results, n_boot=300)
+    assert [r["segmenter"] for r in ranked["ranking"]] == ["stardist", "classical", "unet"]
+    tp, n = 35, 40
+    assert ranked["ranking"][0]["ap50"] == pytest.approx(tp / (tp + 2 * (n - tp)))
+    ci = ranked["ranking"][0]["ci"]
+    assert ci["low"] <= ranked["ranking"][0]["ap50"] <= ci["high"]
+    assert ranked["lead"]["over"] == "classical" and ranked["lead"]["share"] == 1.0
+    assert best_on_real(results, n_boot=300) == ranked  # seeded
+    text = " ".join(headline(results))
+    assert "Trust stardist" in text and "a clear lead" in text
+    goals = demo_goals(results, None)
+    deep = goals["every deep segmenter above AP@0.5 0.5 on the real images"]
+    assert deep["met"] is False and "unet 0.250" in deep["value"]  # 16 / (16 + 24 + 24)
 
 
 def test_pipeline_isolates_failures():

@@ -130,3 +130,21 @@ def test_loaded_predictions_are_deterministic(shipped_root):
     seg = get_segmenter_class("unet").load(models.segmenter_folder(NAME, "unet"))
     image = (np.random.default_rng(0).random((48, 48)) * 255).astype(np.uint8)
     assert np.array_equal(seg.predict(image), seg.predict(image))
+
+
+def test_fidelity_loads_a_shipped_segmenter(shipped_root, data, tmp_path, capsys):
+    test = str(data / "test")
+    out = tmp_path / "fid.json"
+    main(
+        ["benchmark", "fidelity", "--real", test, "--translated", test, "--segmenter", "unet"]
+        + ["--load", NAME, "--bootstrap", "20", "--out", str(out), "--quiet"]
+    )
+    res = json.loads(out.read_text())
+    assert res["loaded"] == NAME and res["n_images"] == 3
+    assert res["ratio"]["ap50"] in (1.0, None)  # the same images on both sides
+    with pytest.raises(SystemExit) as exc:
+        main(
+            ["benchmark", "fidelity", "--real", test, "--translated", test, "--segmenter", "unet"]
+            + ["--load", NAME, "--train", str(data)]
+        )
+    assert exc.value.code == 2 and "drop --train" in capsys.readouterr().err
