@@ -381,18 +381,15 @@ def _score_test_sets(
             cluster.release(client, shipped)
 
 
-def _load_trained(cls, name, load, res, fail):
-    """The trained segmenter ``load`` names (a saved folder or a shipped name), or None after
-    recording the failure."""
-    from cellsynth.models import segmenter_folder
-
+def _load_trained(cls, load, res, fail):
+    """The trained segmenter saved in folder ``load`` (the CLI turns a shipped model's name into
+    its folder), or None after recording the failure."""
     try:
-        folder = segmenter_folder(load, name)
-        seg = cls.load(folder)
+        seg = cls.load(load)
     except Exception as exc:
         fail("load", exc)
         return None
-    res["loaded"] = str(folder)
+    res["loaded"] = str(load)
     return seg
 
 
@@ -449,8 +446,8 @@ def _run_one(
         except Exception as exc:
             fail("options", exc)
     load = budget.get("load")
-    if seg is not None and load:  # a trained model (a saved folder or a shipped name): no fit
-        seg = _load_trained(cls, name, load, res, fail)
+    if seg is not None and load:  # a trained model (a saved segmenter folder): no fit
+        seg = _load_trained(cls, load, res, fail)
     if seg is not None and train is not None and not load:
         key = cache_key(name, opts, budget, train_fp) if train_fp else None
         res["cache_key"] = key

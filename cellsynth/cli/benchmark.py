@@ -63,7 +63,9 @@ def _segmenter_settings(cfg: dict, name: str, minutes, epochs, load=None) -> tup
     budget = {"minutes": entry.get("minutes", minutes), "epochs": entry.get("epochs", epochs)}
     load = load or entry.get("load")
     if load:
-        budget["load"] = str(load)
+        from cellsynth.models import segmenter_folder
+
+        budget["load"] = str(segmenter_folder(load, name))
     return dict(entry.get("options") or {}), budget
 
 
@@ -262,8 +264,8 @@ def run_cmd(
         raise CellsynthError(f"--load {stray[0]}=...: {stray[0]} is not among the segmenters run")
     from cellsynth.models import segmenter_folder
 
-    for name, model in loads.items():
-        segmenter_folder(model, name)  # a wrong folder or name fails now, before any work
+    # a shipped name becomes its folder; a wrong folder or name fails now, before any work
+    loads = {name: str(segmenter_folder(model, name)) for name, model in loads.items()}
     budgets, options = {}, {}
     for name in names:
         options[name], budgets[name] = _segmenter_settings(
@@ -443,9 +445,8 @@ def fidelity_cmd(
     pairs = load_pairs(real_dir, translated_dir, max_images)
     if budget.get("load"):
         from cellsynth.benchmark.segmenters import get_segmenter_class
-        from cellsynth.models import segmenter_folder
 
-        seg = get_segmenter_class(name).load(segmenter_folder(budget["load"], name))
+        seg = get_segmenter_class(name).load(budget["load"])
     else:
         seg = make_segmenter(name, **options)
     if train_dir is not None:

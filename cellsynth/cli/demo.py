@@ -22,7 +22,7 @@ import click
     "--minutes",
     type=float,
     default=None,
-    help="Fine-tuning budget of the two GANs together [default: 3 for the laptop preset].",
+    help="Fine-tuning budget of the two GANs together [default: 2 for the laptop preset].",
 )
 @click.option(
     "--preset",

@@ -1,5 +1,9 @@
-"""Readers and writers of every supported format, the canonical layout, the dataset tool and the
-procedural cell simulator."""
+"""Readers and writers of every supported format, the canonical layout, the dataset tool, the
+procedural cell simulator, and the embedded real sample (:data:`DSB2018_SAMPLE`: 61 test and 24
+training images of DSB2018 fluorescence nuclei, CC0, a canonical root with its license and
+provenance; the demo's default data)."""
+
+from pathlib import Path
 
 from cellsynth.datasets.canonical import (
     CanonicalDataset,
@@ -19,7 +23,10 @@ from cellsynth.datasets.io import (
     write_labels,
 )
 
+DSB2018_SAMPLE = Path(__file__).resolve().parent / "samples" / "dsb2018-fluo"
+
 __all__ = [
+    "DSB2018_SAMPLE",
     "CanonicalDataset",
     "Sample",
     "image_to_float",

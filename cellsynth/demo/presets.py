@@ -33,7 +33,7 @@ class Preset:
     segmenters: str = "classical,stardist,cellpose,unet,u2net"
     seg_options: dict = field(default_factory=dict)  # for segmenters trained in the demo
     n_boot: int = 1000
-    minutes: float = 3.0  # fine-tuning budget of both GANs together
+    minutes: float = 2.0  # fine-tuning budget of both GANs together
 
     def budget(self) -> dict[str, float]:
         """Training minutes per stage."""

@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from cellsynth.atomic import write_text
+from cellsynth.datasets import DSB2018_SAMPLE
 from cellsynth.demo.presets import SHIPPED, Preset
 from cellsynth.errors import CellsynthError
 
-SAMPLE = Path(__file__).resolve().parents[1] / "datasets" / "samples" / "dsb2018-fluo"
+SAMPLE = DSB2018_SAMPLE
 GRID_SEEDS = list(range(16))  # the generator's before/after grids
 SYNTH_TEST_SEED0 = 100000  # synthetic test seeds start here (training seeds at 0)
 
@@ -318,7 +319,7 @@ def stage_benchmark(demo: Demo) -> dict:
     trained = [n for n in names if n != "classical" and shipped("segmenter", n) is None]
     per = demo.cfg.minutes / max(1, len(trained))
     budgets = {
-        n: {"load": SHIPPED} if shipped("segmenter", n) is not None else {"minutes": per}
+        n: {"load": str(m.path.parent)} if (m := shipped("segmenter", n)) else {"minutes": per}
         for n in names
     }
     res = run_benchmark(

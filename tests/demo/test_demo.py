@@ -11,7 +11,6 @@ import pytest
 from cellsynth.demo import Pipeline, run_demo
 from cellsynth.errors import CellsynthError
 
-
 STAGES = ("data", "synth", "realism", "finetune-masks", "finetune-images", "benchmark")
 
 

@@ -84,13 +84,22 @@ def test_benchmark_loads_instead_of_training(shipped_root, data, tmp_path):
         [data],
         ["unet", "classical"],
         tmp_path / "b",
-        budgets={"unet": {"load": NAME, "epochs": 1}},
+        budgets={"unet": {"load": str(models.segmenter_folder(NAME, "unet")), "epochs": 1}},
         progress=False,
     )
     unet = res["segmenters"]["unet"]
     assert unet["status"] == "ok" and unet["loaded"] == str(shipped_root)
     assert unet["trained"] is False and unet["train_s"] == 0.0
     assert not (tmp_path / "b" / "work" / "unet").exists()
+    bad = run_benchmark(
+        None,
+        [data],
+        ["unet"],
+        tmp_path / "c",
+        budgets={"unet": {"load": str(tmp_path)}},
+        progress=False,
+    )["segmenters"]["unet"]
+    assert bad["status"] == "failed" and bad["error"].startswith("load: ")
     # its scores are those of the saved model itself
     seg = get_segmenter_class("unet").load(shipped_root)
     ds = CanonicalDataset(data, "test")
@@ -140,7 +149,7 @@ def test_fidelity_loads_a_shipped_segmenter(shipped_root, data, tmp_path, capsys
         + ["--load", NAME, "--bootstrap", "20", "--out", str(out), "--quiet"]
     )
     res = json.loads(out.read_text())
-    assert res["loaded"] == NAME and res["n_images"] == 3
+    assert res["loaded"] == str(shipped_root) and res["n_images"] == 3
     assert res["ratio"]["ap50"] in (1.0, None)  # the same images on both sides
     with pytest.raises(SystemExit) as exc:
         main(
