@@ -14,6 +14,7 @@ from cellsynth.benchmark import validity
 
 DEEP_GOAL = 0.5  # every deep segmenter above this AP@0.5 on the real images
 COUNT_GOAL = 0.15  # synthetic masks within 15 % of real in objects per image and mean area
+AGREE = 0.9  # the Spearman the validity issue asks of a synthetic benchmark
 
 
 def _real_key(results: dict) -> str | None:
@@ -167,6 +168,13 @@ def headline(results: dict | None) -> list[str]:
                 else "no pair of segmenters changes order."
             )
         )
+        low = (sp.get("ci") or {}).get("low")
+        if sp["value"] is not None and (sp["value"] < AGREE or (low is not None and low < AGREE)):
+            lines.append(
+                f"With a Spearman {'of' if sp['value'] < AGREE else 'interval reaching'} below "
+                f"{AGREE}, this synthetic set does not predict the real ranking: choose a "
+                "segmenter on real images, and read the synthetic scores as a stress test."
+            )
     else:
         lines.append("The rank agreement needs 3 or more segmenters on both test sets.")
     return lines

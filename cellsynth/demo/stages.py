@@ -25,6 +25,7 @@ import numpy as np
 
 from cellsynth.atomic import write_text
 from cellsynth.datasets import DSB2018_SAMPLE
+from cellsynth.demo.answer import COUNT_GOAL
 from cellsynth.demo.presets import SHIPPED, Preset
 from cellsynth.errors import CellsynthError
 
@@ -157,7 +158,7 @@ def stage_realism(demo: Demo) -> dict:
     for key in ("objects_per_image", "mean_area"):
         r, f = fig[f"{key}_real"], fig[f"{key}_fake"]
         goals[key] = {"real": r, "synthetic": f, "rel_diff": abs(f - r) / r if r else None}
-        goals[key]["met"] = bool(r and abs(f - r) / r <= 0.15)
+        goals[key]["met"] = bool(r and abs(f - r) / r <= COUNT_GOAL)
     fig["goals"] = goals
     fig["tile"] = tile
     write_text(demo.out / "realism.json", json.dumps(fig, indent=1, default=float))
@@ -300,7 +301,8 @@ def stage_finetune_images(demo: Demo) -> dict:
     grid = demo.out / "finetune" / "images_before_after.png"
     write_image(grid, np.concatenate(rows, axis=0))
     demo.paths.update(p2p_run=Path(run), images_grid=grid)
-    return {"detail": f"{packed['splits']} pairs; {run.name}: latest.pt"}
+    n = sum(packed["splits"].values())
+    return {"detail": f"{n} real training pairs; {run.name}/latest.pt"}
 
 
 def _as_u8(img: np.ndarray) -> np.ndarray:

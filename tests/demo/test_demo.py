@@ -96,6 +96,19 @@ def test_answer_from_made_up_results():
     assert best_on_real(results, n_boot=300) == ranked  # seeded
     text = " ".join(headline(results))
     assert "Trust stardist" in text and "a clear lead" in text
+    block = {
+        "spearman": {"value": 0.5, "ci": {"low": 0.1, "high": 0.9}},
+        "kendall": {"value": 0.3, "ci": None},
+        "flips": [{"better_on_synthetic": "unet", "better_on_real": "classical"}],
+        "ranking_synthetic": [],
+        "ranking_real": [],
+    }
+    results["validity"] = {
+        "comparisons": [{"synthetic": "syn", "real": "real", "metrics": {"ap50": block}}]
+    }
+    text = " ".join(headline(results))
+    assert "Spearman 0.500 (95% CI 0.100 to 0.900)" in text and "unet over classical" in text
+    assert "does not predict the real ranking" in text
     goals = demo_goals(results, None)
     deep = goals["every deep segmenter above AP@0.5 0.5 on the real images"]
     assert deep["met"] is False and "unet 0.250" in deep["value"]  # 16 / (16 + 24 + 24)
