@@ -171,7 +171,7 @@ def headline(results: dict | None) -> list[str]:
         low = (sp.get("ci") or {}).get("low")
         if sp["value"] is not None and (sp["value"] < AGREE or (low is not None and low < AGREE)):
             lines.append(
-                f"With a Spearman {'of' if sp['value'] < AGREE else 'interval reaching'} below "
+                f"With a Spearman {'' if sp['value'] < AGREE else 'interval reaching '}below "
                 f"{AGREE}, this synthetic set does not predict the real ranking: choose a "
                 "segmenter on real images, and read the synthetic scores as a stress test."
             )
