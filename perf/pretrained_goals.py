@@ -37,13 +37,9 @@ def read_split(root: Path, split: str):
 
 
 def label_tiles(samples, res: int, tile: int) -> list[np.ndarray]:
-    from cellsynth.tools.codec import transform_labels
+    from cellsynth.tools.codec import label_tiles as tiles
 
-    out = []
-    for s in samples:
-        for _, small in transform_labels(s.labels, res, "tiles", tile, tile, False):
-            out.append(np.asarray(small))
-    return out
+    return tiles((s.labels for s in samples), res, tile)
 
 
 def touching_fraction(labels_list) -> float:

@@ -262,12 +262,8 @@ def run_cmd(
     stray = sorted(set(loads) - set(names))
     if stray:
         raise CellsynthError(f"--load {stray[0]}=...: {stray[0]} is not among the segmenters run")
-    from cellsynth.models import segmenter_folder
-
-    # a shipped name becomes its folder; a wrong folder or name fails now, before any work
-    loads = {name: str(segmenter_folder(model, name)) for name, model in loads.items()}
     budgets, options = {}, {}
-    for name in names:
+    for name in names:  # a wrong --load folder or name fails here, before any work
         options[name], budgets[name] = _segmenter_settings(
             cfg, name, minutes_per_segmenter, epochs, loads.get(name)
         )

@@ -131,15 +131,11 @@ def real_tiles(split_dir: Path, tile: int, max_images: int | None = None) -> lis
     """Full-scale ``tile`` x ``tile`` label tiles of a split (no overlap, empty tiles skipped):
     the real masks at the scale of the synthetic ones."""
     from cellsynth.datasets.canonical import CanonicalDataset
-    from cellsynth.tools.codec import transform_labels
+    from cellsynth.tools.codec import label_tiles
 
     ds = CanonicalDataset(split_dir)
     n = len(ds) if max_images is None else min(len(ds), max_images)
-    out = []
-    for i in range(n):
-        for _, lab in transform_labels(ds[i].labels, tile, "tiles", tile, tile, False):
-            out.append(np.asarray(lab))
-    return out
+    return label_tiles((ds[i].labels for i in range(n)), tile, tile)
 
 
 def stage_realism(demo: Demo) -> dict:
@@ -171,15 +167,11 @@ def stage_realism(demo: Demo) -> dict:
     }
 
 
-def _tile_grid(tiles: list[np.ndarray], cols: int = 8, zoom: int = 2) -> np.ndarray:
-    """uint8 tiles (H x W or H x W x 3) side by side in rows of ``cols``, 2-px gaps, zoomed."""
-    tiles = [t if t.ndim == 3 else np.repeat(t[..., None], 3, axis=-1) for t in tiles]
-    h, w = tiles[0].shape[:2]
-    rows = -(-len(tiles) // cols)
-    grid = np.full((rows * (h + 2), cols * (w + 2), 3), 255, np.uint8)
-    for k, t in enumerate(tiles):
-        r, c = divmod(k, cols)
-        grid[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = t
+def _tile_grid(tiles: np.ndarray, cols: int = 8, zoom: int = 2) -> np.ndarray:
+    """uint8 N x H x W (x C) tiles in rows of ``cols`` with white 2-px gaps, zoomed."""
+    from cellsynth.training.grid import make_grid
+
+    grid = make_grid(tiles, cols, pad=2, fill=255)
     return grid.repeat(zoom, axis=0).repeat(zoom, axis=1)
 
 
@@ -204,7 +196,6 @@ def stage_finetune_masks(demo: Demo) -> dict:
         tile=res_tile[1],
         stride=res_tile[1] // 2,
         split="train",
-        max_images=None,
     )
     run = train(
         outdir=str(demo.out / "finetune" / "stylegan"),
@@ -234,7 +225,7 @@ def stage_finetune_masks(demo: Demo) -> dict:
     grids = {}
     for tag, gen in (("before", before), ("after", after)):
         grids[tag] = demo.out / "finetune" / f"masks_{tag}.png"
-        write_image(grids[tag], _tile_grid(list(gen.to_uint8(gen.generate(GRID_SEEDS)))))
+        write_image(grids[tag], _tile_grid(gen.to_uint8(gen.generate(GRID_SEEDS))))
     demo.paths.update(sg3_run=Path(run), sg3_snapshot=snap, masks_grids=grids)
     return {"detail": f"{packed['items']} real tiles; {snap.name} in {Path(run).name}"}
 
@@ -318,11 +309,11 @@ def stage_benchmark(demo: Demo) -> dict:
 
     cfg, paths = demo.cfg, demo.paths
     names = [s.strip() for s in cfg.segmenters.split(",") if s.strip()]
-    trained = [n for n in names if n != "classical" and shipped("segmenter", n) is None]
+    found = {n: shipped("segmenter", n) for n in names}
+    trained = [n for n in names if n != "classical" and found[n] is None]
     per = demo.cfg.minutes / max(1, len(trained))
     budgets = {
-        n: {"load": str(m.path.parent)} if (m := shipped("segmenter", n)) else {"minutes": per}
-        for n in names
+        n: {"load": str(found[n].path.parent)} if found[n] else {"minutes": per} for n in names
     }
     res = run_benchmark(
         paths["synth_train"],

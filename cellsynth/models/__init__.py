@@ -133,11 +133,7 @@ def segmenter_folder(spec: str | os.PathLike, segmenter: str, root=None) -> Path
             f"--load {segmenter}={spec}: no such folder, and no shipped {segmenter} model of that "
             f"name (shipped: {known}; see `cellsynth models`)"
         )
-    if not model.path.is_file():
-        raise CellsynthError(
-            f"{spec}: the shipped file {model.path} is missing; reinstall cellsynth"
-        )
-    return model.path.parent
+    return _installed(model, spec).parent
 
 
 def resolve(spec: str | os.PathLike, kind: str, option: str = "--network", root=None) -> Path:
@@ -169,6 +165,11 @@ def lookup(spec: str | os.PathLike, kind: str, root=None) -> Path:
     model = find(str(spec), kind, root)
     if model is None:
         return path
+    return _installed(model, spec)
+
+
+def _installed(model: ShippedModel, spec) -> Path:
+    """``model``'s file, or CellsynthError when the installation lacks it."""
     if not model.path.is_file():
         raise CellsynthError(
             f"{spec}: the shipped file {model.path} is missing; reinstall cellsynth"

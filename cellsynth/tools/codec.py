@@ -361,6 +361,20 @@ def transform_labels(
     return out
 
 
+def label_tiles(labels_list, size, tile) -> list[np.ndarray]:
+    """The tiles packing makes of each labels image: ``tile`` crops without overlap, empty ones
+    skipped, nearest-resized to ``size`` (:func:`transform_labels` with ``"tiles"``).
+
+    Args: labels_list iterable of 2-D instance labels; size, tile as in :func:`crop_windows`.
+    Returns one list of all the tiles' labels, in order.
+    """
+    return [
+        np.asarray(small)
+        for labels in labels_list
+        for _, small in transform_labels(labels, size, "tiles", tile, tile, False)
+    ]
+
+
 def downscale_encode(
     labels: np.ndarray,
     size,

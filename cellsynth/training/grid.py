@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 
 
-def make_grid(images: np.ndarray, cols: int | None = None, pad: int = 0) -> np.ndarray:
-    """Tile N x H x W (x C) images into one (rows*H) x (cols*W) (x C) array."""
+def make_grid(
+    images: np.ndarray, cols: int | None = None, pad: int = 0, fill: int = 0
+) -> np.ndarray:
+    """Tile N x H x W (x C) images into one (rows*H) x (cols*W) (x C) array, ``pad`` pixels of
+    ``fill`` between them."""
     images = np.asarray(images)
     n = images.shape[0]
     if cols is None:
@@ -17,7 +20,8 @@ def make_grid(images: np.ndarray, cols: int | None = None, pad: int = 0) -> np.n
     rows = int(np.ceil(n / cols))
     h, w = images.shape[1:3]
     tail = images.shape[3:]
-    grid = np.zeros((rows * (h + pad) - pad, cols * (w + pad) - pad, *tail), dtype=images.dtype)
+    shape = (rows * (h + pad) - pad, cols * (w + pad) - pad, *tail)
+    grid = np.full(shape, fill, dtype=images.dtype)
     for i in range(n):
         r, c = divmod(i, cols)
         grid[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = images[i]

@@ -259,3 +259,33 @@ def test_real_dsb_round_trip(dsb2018_dir):
     for t, p in ((true, pred), (true128, pred128)):
         _, tp, fp, fn = average_precision(t, p, thresholds=(0.5,))
         assert tp.sum() / (tp + fp + fn).sum() >= 0.98
+
+
+def test_label_tiles_are_the_packing_tiles_in_order():
+    from cellsynth.tools.codec import label_tiles, transform_labels
+
+    rng = np.random.default_rng(3)
+    images = []
+    for _ in range(2):
+        lab = np.zeros((96, 64), np.uint16)
+        for k in range(1, 6):
+            y, x = rng.integers(0, 88), rng.integers(0, 56)
+            lab[y : y + 8, x : x + 8] = k
+        images.append(lab)
+    images[1][:32] = 0  # an empty top tile, which packing skips
+    want = [s for lab in images for _, s in transform_labels(lab, 16, "tiles", 32, 32, False)]
+    got = label_tiles(iter(images), 16, 32)
+    assert len(got) == len(want) and 0 < len(got) < 2 * 6
+    assert all(a.shape == (16, 16) and np.array_equal(a, b) for a, b in zip(got, want))
+
+
+def test_make_grid_pads_with_the_fill_value():
+    from cellsynth.training.grid import make_grid
+
+    tiles = np.arange(3 * 2 * 2, dtype=np.uint8).reshape(3, 2, 2) + 1
+    g = make_grid(tiles, cols=2, pad=1, fill=255)
+    assert g.shape == (5, 5)
+    assert np.array_equal(g[:2, :2], tiles[0]) and np.array_equal(g[:2, 3:], tiles[1])
+    assert np.array_equal(g[3:, :2], tiles[2])
+    assert (g[2] == 255).all() and (g[:, 2] == 255).all() and (g[3:, 3:] == 255).all()
+    assert (make_grid(tiles, cols=2, pad=1)[2] == 0).all()  # default fill stays black
