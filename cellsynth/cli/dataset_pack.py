@@ -37,7 +37,11 @@ import click
     help="masks: fbd (foreground, boundary, distance; RGB) or binary (gray).",
 )
 @click.option("--max-images", type=int, help="Stop after N items (per split for pairs).")
-@click.option("--cond", help="Metadata key giving the class for conditional training (cell_type).")
+@click.option(
+    "--cond",
+    help="Metadata key giving the class for conditional training (cell_type); nucleus_size "
+    "derives small / medium / large from each image's median cell area.",
+)
 @click.option("--split", help="Read only this split (masks default: train, else every split).")
 @click.option("--tile-size", help="tiles: N or HxW crop size before resizing (default: output).")
 @click.option("--stride", help="tiles: N or HxW step between tiles (default: tile size).")

@@ -37,6 +37,11 @@ class MaskGenerator:
         self.encoding = config.get("encoding")
         self.num_classes = int(config.get("num_classes") or 0)
         self.classes = config.get("classes")
+        weights = config.get("class_weights")
+        self.class_weights = None
+        if self.num_classes and weights and len(weights) == self.num_classes:
+            w = np.asarray(weights, dtype=np.float64).clip(0, None)
+            self.class_weights = w / w.sum() if w.sum() > 0 else None
         self.z_dim = int(G.z_dim)
 
     @classmethod
@@ -72,11 +77,12 @@ class MaskGenerator:
         if batch < 1:
             raise CellsynthError("--batch must be at least 1")
         if self.num_classes:
-            if class_idx is None:
+            if class_idx is None and self.class_weights is None:
                 raise CellsynthError(
-                    f"this network is conditional ({self.num_classes} classes); pass --class"
+                    f"this network is conditional ({self.num_classes} classes) and does not "
+                    "record how often each class occurs; pass --class"
                 )
-            if not 0 <= int(class_idx) < self.num_classes:
+            if class_idx is not None and not 0 <= int(class_idx) < self.num_classes:
                 raise CellsynthError(f"--class {class_idx} is not in [0, {self.num_classes - 1}]")
         elif class_idx is not None:
             raise CellsynthError("--class given, but this network is unconditional")
@@ -84,6 +90,22 @@ class MaskGenerator:
             raise CellsynthError(
                 "--translate/--rotate need a stylegan3 network; this snapshot is stylegan2"
             )
+
+    def seed_classes(self, seeds, class_idx: int | None = None) -> list[int] | None:
+        """The class of each seed: ``class_idx`` for all when given; for a conditional network
+        without it, drawn per seed from the training set's class frequencies (the seed's own
+        ``RandomState`` after its latent, so the latent is the same as without classes and the
+        draw is the same in every run and batch); None for an unconditional network."""
+        if not self.num_classes:
+            return None
+        if class_idx is not None:
+            return [int(class_idx)] * len(seeds)
+        out = []
+        for s in seeds:
+            rs = np.random.RandomState(s)
+            rs.randn(self.z_dim)
+            out.append(int(rs.choice(self.num_classes, p=self.class_weights)))
+        return out
 
     def generate(
         self,
@@ -100,7 +122,8 @@ class MaskGenerator:
 
         Args:
             seeds: ints (or a seeds string); trunc: truncation psi;
-            class_idx: class for a conditional network (required then, refused otherwise);
+            class_idx: class for a conditional network (refused for an unconditional one);
+            without it each seed's class follows :meth:`seed_classes`;
             noise_mode: const, random or none; batch: images per forward pass;
             translate, rotate: input transform of a stylegan3 network (translate in fractions of
             the image size, rotate in degrees).
@@ -110,9 +133,7 @@ class MaskGenerator:
 
         seeds = parse_seeds(seeds)
         self.check_options(class_idx, noise_mode, batch, translate, rotate)
-        c = torch.zeros([1, self.num_classes], device=self.device)
-        if self.num_classes:
-            c[:, int(class_idx)] = 1
+        classes = self.seed_classes(seeds, class_idx)
         self._set_transform(translate, rotate)
         out = np.empty((len(seeds), self.channels, self.resolution, self.resolution), np.float32)
         with torch.no_grad():
@@ -120,7 +141,10 @@ class MaskGenerator:
                 chunk = seeds[i : i + batch]
                 z = np.stack([np.random.RandomState(s).randn(self.z_dim) for s in chunk])
                 z = torch.from_numpy(z).float().to(self.device)
-                ws = self.G.mapping(z, c.expand(len(chunk), -1), truncation_psi=trunc)
+                c = torch.zeros([len(chunk), self.num_classes], device=self.device)
+                if classes is not None:
+                    c[torch.arange(len(chunk)), torch.tensor(classes[i : i + len(chunk)])] = 1
+                ws = self.G.mapping(z, c, truncation_psi=trunc)
                 img = self.G.synthesis(ws, noise_mode=noise_mode)
                 out[i : i + len(chunk)] = img.float().clamp(-1, 1).cpu().numpy()
         return out

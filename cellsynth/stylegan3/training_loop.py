@@ -136,6 +136,15 @@ class MaskData:
         """The first ``n`` images in file order (for reals.png)."""
         return np.stack([self._item(k)[0] for k in range(min(n, self.n))])
 
+    def class_weights(self, c_dim: int) -> list | None:
+        """How often each class occurs in the training set (fractions summing to 1), which
+        generation uses to sample classes as the data has them; None when unconditional."""
+        if not c_dim:
+            return None
+        labels = self._labels if self._labels is not None else np.asarray(self.ds.labels)
+        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=c_dim)[:c_dim]
+        return [float(c) / float(counts.sum()) for c in counts]
+
     def random_labels(self, n: int, device) -> torch.Tensor:
         """Labels of ``n`` dataset images drawn with the torch RNG (conditioning of fakes)."""
         idx = torch.randint(0, self.n, [n], device="cpu")
@@ -554,6 +563,7 @@ class Trainer:
             "encoding": self.data.encoding,
             "num_classes": self.c_dim,
             "classes": _jsonable(self.data.classes),
+            "class_weights": self.data.class_weights(self.c_dim),
             "z_dim": int(self.G.z_dim),
             "cur_nimg": self.cur_nimg,
             "training_options": _jsonable(options),

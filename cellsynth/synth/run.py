@@ -69,8 +69,16 @@ def synth(
     run = {"options": opts.manifest(), "checkpoints": inputs.checkpoints}
     seed_list = opts.sources.seed_list
     shard = opts.run.shard
-    encoding = inputs.generator.encoding if inputs.generator is not None else None
-    plan = Plan(str(out), opts, inputs.mask_files, encoding)
+    gen = inputs.generator
+    encoding = gen.encoding if gen is not None else None
+    classes = gen.seed_classes(seed_list, opts.gan.class_idx) if gen is not None else None
+    names = (gen.classes or []) if gen is not None else []
+    seed_class = (
+        {s: names[c] if c < len(names) else str(c) for s, c in zip(seed_list, classes)}
+        if classes is not None
+        else None
+    )
+    plan = Plan(str(out), opts, inputs.mask_files, encoding, seed_class)
     facts = None
     # the cluster is reached before --out is touched: a bad address leaves nothing behind
     cluster = dask_client(opts.run.dask) if opts.run.dask else contextlib.nullcontext()

@@ -37,6 +37,7 @@ class Plan:
     options: SynthOptions
     mask_files: tuple[str, ...] = ()  # --masks DIR: its mask files
     encoding: str | None = None  # --masks stylegan3:PATH: the generator's mask encoding
+    seed_class: dict | None = None  # a conditional generator: each seed's class name
 
     @property
     def masks_kind(self) -> str:
@@ -211,6 +212,8 @@ def sample_record(plan: Plan, seed: int, labels, n_spots: int) -> dict:
     }
     if plan.masks_kind == "dir":
         rec["mask_source"] = Path(_mask_file(plan, seed)).name
+    if plan.seed_class is not None:
+        rec["class"] = plan.seed_class[int(seed)]
     return rec
 
 

@@ -105,9 +105,10 @@ def _device(opts: SynthOptions) -> str | None:
 def _mask_generator(opts: SynthOptions, device, inputs: Inputs) -> None:
     path, class_idx = opts.sources.source("masks")[1], opts.gan.class_idx
     gen = load_generator(path, device, fp32=opts.gan.fp32)
-    if gen.num_classes and class_idx is None:
+    if gen.num_classes and class_idx is None and gen.class_weights is None:
         raise CellsynthError(
-            f"{path}: the generator is conditional ({gen.num_classes} classes); pass --class"
+            f"{path}: the generator is conditional ({gen.num_classes} classes) and does not "
+            "record its class frequencies; pass --class"
         )
     if not gen.num_classes and class_idx is not None:
         raise CellsynthError(f"{path}: --class given, but the generator is unconditional")

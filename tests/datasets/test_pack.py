@@ -81,6 +81,41 @@ def test_pack_masks_round_trip(canon, tmp_path, encoding):
             np.testing.assert_array_equal(dec > 0, small > 0)
 
 
+def _disks(shape, radius, step):
+    """Separate disks of one radius on a grid (an independent size per image)."""
+    lab = np.zeros(shape, np.uint16)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    k = 0
+    for cy in range(radius + 1, shape[0] - radius, step):
+        for cx in range(radius + 1, shape[1] - radius, step):
+            k += 1
+            lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius * radius] = k
+    return lab
+
+
+def test_pack_masks_nucleus_size_classes(tmp_path):
+    from cellsynth.datasets.pack import size_class
+
+    # disk areas: r=5 -> 81 px, r=12 -> 441 px, r=18 -> 1,009 px (bins at 250 and 700 px)
+    shape = (128, 128)
+    labs = {"s": _disks(shape, 5, 14), "m": _disks(shape, 12, 30), "l": _disks(shape, 18, 40)}
+    assert [size_class(labs[k]) for k in "sml"] == ["small", "medium", "large"]
+    assert size_class(np.zeros(shape, np.uint16)) == "small"
+    root = tmp_path / "canon"
+    img = np.zeros(shape, np.uint8)
+    # "m2" has a metadata value of its own: the metadata wins over the derived class
+    samples = [Sample(k, img, labs[k], {}) for k in "sml"]
+    samples.append(Sample("m2", img, labs["s"], {"nucleus_size": "medium"}))
+    write_dataset(root, {"train": samples})
+    dest = tmp_path / "m.zip"
+    summary = pack_masks(root, dest, 32, cond="nucleus_size")
+    assert summary["classes"] == ["large", "medium", "small"]
+    ds = MaskZipDataset(dest)
+    assert ds.labels.tolist() == [0, 1, 1, 2]  # samples in name order: l, m, m2, s
+    with pytest.raises(CellsynthError, match="nucleus_size derives"):
+        pack_masks(root, tmp_path / "x.zip", 32, cond="cell_type")
+
+
 def test_pack_masks_unconditional_split_and_max(canon, tmp_path):
     dest = tmp_path / "m.zip"
     pack_masks(canon, dest, 16, encoding="binary", split="test")

@@ -71,11 +71,36 @@ def test_conditional_needs_a_valid_class(snaps):
     assert gen.num_classes == 2
     a, b = gen.generate([0], class_idx=0), gen.generate([0], class_idx=1)
     assert not np.allclose(a, b)
-    for bad in (None, 2, -1):
+    for bad in (2, -1):
         with pytest.raises(CellsynthError, match="class"):
             gen.generate([0], class_idx=bad)
     with pytest.raises(CellsynthError, match="unconditional"):
         MaskGenerator.load(snaps["sg2"]).generate([0], class_idx=0)
+
+
+def test_conditional_without_class_follows_the_training_frequencies(snaps):
+    from cellsynth.stylegan3.generate import MaskGenerator
+
+    gen = MaskGenerator.load(snaps["cond"], fp32=True)
+    # the zip of the fixture labels its 8 images 0, 1, 0, 1, ...
+    assert gen.config["class_weights"] == [0.5, 0.5]
+    seeds = list(range(400))
+    drawn = gen.seed_classes(seeds)
+    assert drawn == gen.seed_classes(seeds[::-1])[::-1]  # per seed, not per position
+    assert 0.4 < np.mean(drawn) < 0.6
+    # the same draw, independently: the seed's RandomState after its latent
+    rs = np.random.RandomState(7)
+    rs.randn(gen.z_dim)
+    assert drawn[7] == int(rs.choice(2, p=[0.5, 0.5]))
+    mixed = gen.generate([3, 4, 5, 6], batch=3)
+    for k, s in enumerate([3, 4, 5, 6]):  # each seed as generated alone with its class
+        assert np.allclose(mixed[k], gen.generate([s], class_idx=drawn[s])[0], atol=1e-5)
+    assert gen.seed_classes([1, 2], class_idx=1) == [1, 1]
+    assert MaskGenerator.load(snaps["sg2"]).seed_classes([1]) is None
+    # a conditional snapshot that does not record its frequencies still needs --class
+    gen.class_weights = None
+    with pytest.raises(CellsynthError, match="pass --class"):
+        gen.generate([0])
 
 
 def _cli(args, capsys):

@@ -271,7 +271,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _tiny_gan(tmp_path, channels=3, encoding="fbd", c_dim=0):
+def _tiny_gan(tmp_path, channels=3, encoding="fbd", c_dim=0, classes=None):
     pytest.importorskip("cellsynth.stylegan3.generate", reason="stylegan3 not built")
     from cellsynth.stylegan3.networks import build_networks
     from cellsynth.stylegan3.snapshot import save_snapshot
@@ -298,6 +298,9 @@ def _tiny_gan(tmp_path, channels=3, encoding="fbd", c_dim=0):
         "encoding": encoding,
         "num_classes": c_dim,
     }
+    if classes:  # names -> fraction of the training set
+        cfg["classes"], cfg["class_weights"] = list(classes), list(classes.values())
+        path = path.with_name(path.stem + "-w.pt")
     save_snapshot(path, {"G_ema": G.state_dict()}, cfg)
     return path
 
@@ -367,6 +370,27 @@ def test_gan_sources(tmp_path, one_thread):
     assert read_image(o3 / "images" / "seed000000.tif").shape == (64, 64)
     with pytest.raises(CellsynthError, match="upscale"):
         synth(tmp_path / "bad-up", seeds="0", upscale=0, **kw)
+
+
+def test_conditional_gan_samples_classes_by_seed(tmp_path, one_thread):
+    from cellsynth.stylegan3.generate import MaskGenerator
+
+    g = _tiny_gan(tmp_path, c_dim=3, classes={"large": 0.0, "medium": 0.25, "small": 0.75})
+    out = tmp_path / "mix"
+    kw = dict(masks=f"stylegan3:{g}", device="cpu", fp32=True)  # fp32: batches agree exactly
+    synth(out, seeds="0-11", batch=5, **kw)
+    recs = {r["seed"]: r for r in json.loads((out / "manifest.json").read_text())["samples"]}
+    gen = MaskGenerator.load(g)
+    want = gen.seed_classes(list(range(12)))
+    assert [recs[s]["class"] for s in range(12)] == [gen.classes[c] for c in want]
+    assert "large" not in {r["class"] for r in recs.values()}  # weight 0 is never drawn
+    one = tmp_path / "one"  # --class pins every sample's class; the masks match the mixed run's
+    synth(one, seeds="3", class_idx=want[3], batch=1, **kw)
+    assert (
+        json.loads((one / "manifest.json").read_text())["samples"][0]["class"] == recs[3]["class"]
+    )
+    a, b = (read_labels(d / "masks" / "seed000003.tif") for d in (one, out))
+    assert np.array_equal(a, b)
 
 
 def test_gan_bad_input(tmp_path, one_thread):
