@@ -179,9 +179,16 @@ class Classical(Segmenter):
     def predict(self, image: np.ndarray) -> np.ndarray:
         return self.segment(image)
 
+    def tune_grid(self) -> list[dict]:
+        """The option overrides ``fit`` tries: threshold method x seed distance."""
+        return [
+            {"method": m, "min_distance": d} for m in ("otsu", "li", "local") for d in (3, 5, 8, 12)
+        ]
+
     def fit(self, train, workdir=None, budget_minutes=None, epochs=None, progress=True) -> None:
-        """Grid-search ``min_distance`` and the threshold ``method`` by pooled AP at IoU 0.5 on
-        at most ``tune_images`` evenly spaced training images (when ``tune`` is set)."""
+        """Grid-search the options of :meth:`tune_grid` by pooled AP at IoU 0.5 on at most
+        ``tune_images`` evenly spaced training images (when ``tune`` is set); the best set
+        replaces the options."""
         if not self.options["tune"] or train is None or len(train) == 0:
             return
         import time
@@ -194,28 +201,28 @@ class Classical(Segmenter):
         k = min(int(self.options["tune_images"]), n)
         picks = np.unique(np.linspace(0, n - 1, k).round().astype(int))
         samples = [train[int(i)] for i in picks]
-        grid = [(m, d) for m in ("otsu", "li", "local") for d in (3, 5, 8, 12)]
+        grid = self.tune_grid()
         deadline = None if budget_minutes is None else time.monotonic() + 60 * budget_minutes
         best, best_score, tried = None, -1.0, 0
-        start = (self.options["method"], self.options["min_distance"])
+        start = {key: self.options[key] for key in grid[0]}
         default_score = None
-        for method, dist in tqdm(grid, desc="classical tune", disable=not progress):
-            preds = [self.segment(s.image, method=method, min_distance=dist) for s in samples]
+        for params in tqdm(grid, desc=f"{self.name} tune", disable=not progress):
+            preds = [self.segment(s.image, **params) for s in samples]
             _, tp, fp, fn = average_precision([s.labels for s in samples], preds, [0.5])
             score = tp.sum() / max(tp.sum() + fp.sum() + fn.sum(), 1)
             tried += 1
-            if (method, dist) == start:
+            if params == start:
                 default_score = float(score)
             if score > best_score:
-                best, best_score = (method, dist), score
+                best, best_score = params, score
             if deadline is not None and time.monotonic() > deadline:
                 break
-        self.options["method"], self.options["min_distance"] = best
+        self.options.update(best)
         self.options["tuned_ap50"] = float(best_score)
         self.info = {
             "validation": {"n_images": len(samples), "names": [s.name for s in samples]},
             "postprocess": {
-                "params": {"method": best[0], "min_distance": best[1]},
+                "params": dict(best),
                 "val_ap50": float(best_score),
                 "default_val_ap50": default_score,
                 "tried": tried,
@@ -229,7 +236,7 @@ class Classical(Segmenter):
 
         p = Path(path) / "options.json"
         if not p.is_file():
-            raise CellsynthError(f"{path}: no saved classical model here (options.json missing)")
+            raise CellsynthError(f"{path}: no saved {cls.name} model here (options.json missing)")
         opts = json.loads(p.read_text())
         opts.pop("tuned_ap50", None)
         return cls(**opts)
