@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cellsynth import __version__
-from cellsynth.errors import CellsynthError
+from cellsynth.errors import CellsynthError, first_line
 
 INSTALL_HINT = "pip install 'cellsynth[dask]' (or pip install 'dask[distributed]')"
 SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
@@ -136,10 +136,9 @@ def _check_workers(client, target: DaskTarget, option: str) -> None:
     try:
         facts = client.run(worker_facts)
     except Exception as exc:  # a worker without cellsynth, or another Python
-        text = str(exc).strip().splitlines()
         raise CellsynthError(
             f"{option} {target}: the Dask workers cannot run cellsynth "
-            f"({type(exc).__name__}: {text[0] if text else ''}); install cellsynth {__version__} "
+            f"({type(exc).__name__}: {first_line(exc)}); install cellsynth {__version__} "
             "(and the same Python packages) on every worker"
         ) from None
     other = sorted(
@@ -181,10 +180,9 @@ def dask_client(spec, option: str = "--dask", wait_s: float | None = None) -> It
             try:
                 client = distributed.Client(target.address, timeout=timeout)
             except (OSError, distributed.TimeoutError) as exc:
-                text = str(exc).strip().splitlines()
                 raise CellsynthError(
                     f"{option} {target}: no Dask scheduler answered at {target.address} within "
-                    f"{timeout:g} s ({text[0] if text else type(exc).__name__}); start one "
+                    f"{timeout:g} s ({first_line(exc, type(exc).__name__)}); start one "
                     "(`dask scheduler`, then `dask worker ADDRESS`) or use --dask local:N"
                 ) from None
             stack.callback(client.close)

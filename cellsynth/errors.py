@@ -14,3 +14,10 @@ def require(condition: bool, message: str) -> None:
     """Raise :class:`CellsynthError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise CellsynthError(message)
+
+
+def first_line(exc: BaseException, default: str = "") -> str:
+    """The first line of ``exc``'s message, without surrounding blanks (``default`` when the
+    message is empty)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else default

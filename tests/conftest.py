@@ -90,6 +90,18 @@ def disks_dataset(root: Path, n: int):
     return CanonicalDataset(root, "train")
 
 
+# A Mask R-CNN small enough to train on 64 x 64 disks on the CPU in seconds (each test file adds
+# its own detection limits and learning rate).
+SMALL_MASKRCNN = dict(
+    arch="resnet18_fpn",
+    crop=64,
+    batch_size=2,
+    rpn_post_nms_top_n_train=200,
+    rpn_pre_nms_top_n_test=200,
+    rpn_post_nms_top_n_test=100,
+)
+
+
 @pytest.fixture(scope="session")
 def tiny_masks_zip(tmp_path_factory) -> Path:
     """A masks zip of 8 random 32x32 fbd masks (:func:`make_masks_zip`)."""

@@ -342,18 +342,12 @@ def train_transfer_section(results: dict) -> str:
         rows = []
         for sname, per in transfer.items():
             d = (per or {}).get(dkey) or {}
-            a, m = d.get("ap50") or {}, d.get("mean_ap") or {}
-            rows.append(
-                [
-                    sname,
-                    _real(a.get("synthetic")),
-                    _real(a.get("real")),
-                    _real(a.get("ratio")),
-                    _real(m.get("synthetic")),
-                    _real(m.get("real")),
-                    _real(m.get("ratio")),
-                ]
-            )
+            figures = [
+                _real((d.get(metric) or {}).get(key))
+                for metric in ("ap50", "mean_ap")
+                for key in ("synthetic", "real", "ratio")
+            ]
+            rows.append([sname, *figures])
         parts.append(f"<h3>Test set {escape(dkey)}</h3>")
         parts.append(html_table(header, rows))
     for sname, sres in (results.get("segmenters") or {}).items():

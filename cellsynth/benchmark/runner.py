@@ -61,7 +61,7 @@ from cellsynth.benchmark.segmenters.base import available, get_segmenter_class
 from cellsynth.cluster import dask_client, parse_dask
 from cellsynth.datasets.canonical import SPLITS, CanonicalDataset
 from cellsynth.datasets.io import write_labels
-from cellsynth.errors import CellsynthError
+from cellsynth.errors import CellsynthError, first_line
 
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
@@ -218,7 +218,7 @@ def _validity_block(results: dict, n_boot: int, seed: int) -> dict | None:
             return None
         return validity.compute_validity(results, n_boot=n_boot, seed=seed)
     except CellsynthError as exc:
-        return {"error": str(exc).strip().splitlines()[0] if str(exc).strip() else "failed"}
+        return {"error": first_line(exc, "failed")}
     except Exception as exc:  # a bug here must not cost the user the benchmark run
         return {"error": _error_line(exc)}
 

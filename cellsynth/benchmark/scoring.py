@@ -9,13 +9,12 @@ import time
 import numpy as np
 
 from cellsynth.benchmark import metrics
-from cellsynth.errors import CellsynthError
+from cellsynth.errors import CellsynthError, first_line
 
 
 def error_line(exc: BaseException) -> str:
     """``Type: first line of the message`` of an exception."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")
+    return f"{type(exc).__name__}: {first_line(exc)}".strip().rstrip(":")
 
 
 def check_prediction(pred, image: np.ndarray, where: str) -> np.ndarray:

@@ -21,9 +21,10 @@ float32 and sequential uint16 instance labels 1..N.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from cellsynth.errors import CellsynthError
 
 MASK_SUFFIXES = ("_masks", "_mask", "_labels", "_label")
 CELLPOSE_OUTPUTS = ("_cp_masks", "_cp_outlines", "_outlines", "_flows", "_seg")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -163,16 +165,27 @@ def _unpaired_error(folder: Path, images: list[str], masks: list[str]) -> Cellsy
     )
 
 
-def _by_stem(files: list[Path], folder: Path, what: str) -> dict[str, Path]:
-    out: dict[str, Path] = {}
-    for p in files:
-        if p.stem in out:
-            raise CellsynthError(
-                f"{folder}: two {what} share the name {p.stem!r} ({out[p.stem].name}, {p.name}); "
-                "keep one"
-            )
-        out[p.stem] = p
+def index_unique(
+    items: Iterable[T], key: Callable[[T], str], clash: Callable[[T, T], str]
+) -> dict[str, T]:
+    """``{key(item): item}``; CellsynthError(``clash(earlier, item)``) when two share a key."""
+    out: dict[str, T] = {}
+    for it in items:
+        k = key(it)
+        if k in out:
+            raise CellsynthError(clash(out[k], it))
+        out[k] = it
     return out
+
+
+def _by_stem(files: list[Path], folder: Path, what: str) -> dict[str, Path]:
+    return index_unique(
+        files,
+        lambda p: p.stem,
+        lambda a, b: (
+            f"{folder}: two {what} share the name {b.stem!r} ({a.name}, {b.name}); keep one"
+        ),
+    )
 
 
 def _strip_mask_suffix(stem: str) -> str:

@@ -35,7 +35,13 @@ from cellsynth.atomic import check_writable
 from cellsynth.datasets.canonical import SPLITS, Sample, check_min_size, write_dataset
 from cellsynth.datasets.coco import DROP_REASONS, coco_items, new_stats
 from cellsynth.datasets.dsb2018 import dsb2018_items
-from cellsynth.datasets.folders import SourceItem, cellpose_items, embedseg_items, folder_pairs
+from cellsynth.datasets.folders import (
+    SourceItem,
+    cellpose_items,
+    embedseg_items,
+    folder_pairs,
+    index_unique,
+)
 from cellsynth.errors import CellsynthError
 
 FORMATS = {
@@ -229,14 +235,14 @@ def collect_items(
         if images is None or masks is None:
             raise CellsynthError("the folders format needs both --images DIR and --masks DIR")
         items = folder_pairs(images, masks, None, skip_missing, label_components)
-    seen: dict[str, SourceItem] = {}
-    for it in items:
-        if it.name in seen:
-            raise CellsynthError(
-                f"two samples are named {it.name!r} (in several sources or splits); "
-                "sample names must be unique"
-            )
-        seen[it.name] = it
+    index_unique(
+        items,
+        lambda it: it.name,
+        lambda _, it: (
+            f"two samples are named {it.name!r} (in several sources or splits); "
+            "sample names must be unique"
+        ),
+    )
     return items
 
 

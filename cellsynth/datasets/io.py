@@ -17,6 +17,7 @@ import numpy as np
 
 from cellsynth.atomic import atomic_path
 from cellsynth.errors import CellsynthError
+from cellsynth.tools.combine import fraction_of_full_scale
 from cellsynth.tools.labels import check_labels, relabel_sequential
 
 __all__ = ["check_labels", "relabel_sequential"]  # re-exported: readers use them from here
@@ -114,12 +115,9 @@ def image_to_float(image: np.ndarray) -> np.ndarray:
     """Scale an image to float32 in [0, 1]: uint8 / 255, uint16 / 65535, floats as given
     (floats outside [0, 1] are min-max scaled per image)."""
     image = np.asarray(image)
-    if image.dtype == np.uint8:
-        return image.astype(np.float32) / 255.0
-    if image.dtype == np.uint16:
-        return image.astype(np.float32) / 65535.0
-    if image.dtype == bool:
-        return image.astype(np.float32)
+    scaled = fraction_of_full_scale(image)
+    if scaled is not None:
+        return scaled
     if np.issubdtype(image.dtype, np.integer):
         info = np.iinfo(image.dtype)
         lo, hi = max(int(image.min()), 0) if info.min < 0 else 0, int(image.max())

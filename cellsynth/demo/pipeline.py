@@ -15,7 +15,7 @@ from cellsynth.atomic import check_writable, write_text
 from cellsynth.demo import stages
 from cellsynth.demo.presets import preset as make_preset
 from cellsynth.demo.report import write_demo_report
-from cellsynth.errors import CellsynthError
+from cellsynth.errors import CellsynthError, first_line
 
 
 @dataclass
@@ -54,8 +54,7 @@ class Pipeline:
                 stage.detail = str(result.pop("detail", ""))
         except Exception as exc:  # a failing stage must not stop the others
             stage.status = "failed"
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            stage.error = f"{type(exc).__name__}: {first}"
+            stage.error = f"{type(exc).__name__}: {first_line(exc)}"
             stage.outputs["traceback"] = traceback.format_exc()
         stage.seconds = time.time() - t0
         msg = stage.detail if stage.status == "ok" else stage.error

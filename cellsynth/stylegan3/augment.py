@@ -149,22 +149,11 @@ class AugmentPipe(torch.nn.Module):
     ):
         super().__init__()
         self.register_buffer("p", torch.zeros([]))
-        self.geom = dict(
-            xflip=float(xflip),
-            rotate90=float(rotate90),
-            xint=float(xint),
-            scale=float(scale),
-            rotate=float(rotate),
-            aniso=float(aniso),
-            xfrac=float(xfrac),
-        )
-        self.colour = dict(
-            brightness=float(brightness),
-            contrast=float(contrast),
-            lumaflip=float(lumaflip),
-            hue=float(hue),
-            saturation=float(saturation),
-        )
+        # multipliers keyed (and ordered) by GEOMETRIC and COLOUR, the names the presets use
+        geom = (xflip, rotate90, xint, scale, rotate, aniso, xfrac)
+        colour = (brightness, contrast, lumaflip, hue, saturation)
+        self.geom = {k: float(v) for k, v in zip(GEOMETRIC, geom, strict=True)}
+        self.colour = {k: float(v) for k, v in zip(COLOUR, colour, strict=True)}
         self.xint_max, self.scale_std, self.rotate_max = xint_max, scale_std, rotate_max
         self.aniso_std, self.xfrac_std = aniso_std, xfrac_std
         self.brightness_std, self.contrast_std = brightness_std, contrast_std

@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from cellsynth.errors import CellsynthError
+from cellsynth.tools.combine import fraction_of_full_scale
 from cellsynth.tools.labels import check_labels, relabel_sequential
 from cellsynth.tools.parse import parse_size
 
@@ -184,12 +185,9 @@ def _as_float01(encoded: np.ndarray, channels: int) -> np.ndarray:
                 f"decode_mask: fbd needs 3 channels (foreground, boundary, distance), "
                 f"got shape {x.shape}; was this packed with --encoding binary?"
             )
-    if x.dtype == np.uint8:
-        return x.astype(np.float32) / 255.0
-    if x.dtype == np.uint16:
-        return x.astype(np.float32) / 65535.0
-    if x.dtype == bool:
-        return x.astype(np.float32)
+    scaled = fraction_of_full_scale(x)
+    if scaled is not None:
+        return scaled
     if not np.issubdtype(x.dtype, np.floating):
         raise CellsynthError(f"decode_mask: expected uint8 or float in [0, 1], got {x.dtype}")
     x = x.astype(np.float32)

@@ -12,7 +12,17 @@ import numpy as np
 from cellsynth.errors import CellsynthError, require
 
 MODES = ("add", "channel")
-_FULL = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+FULL_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+def fraction_of_full_scale(x: np.ndarray) -> np.ndarray | None:
+    """A uint8 / uint16 image as float32 fractions of its full scale, a bool one as 0 / 1;
+    None for any other dtype (the caller decides what floats and other integers mean)."""
+    if x.dtype in FULL_SCALE:
+        return x.astype(np.float32) / FULL_SCALE[x.dtype]
+    if x.dtype == bool:
+        return x.astype(np.float32)
+    return None
 
 
 def add_noise(
@@ -69,8 +79,8 @@ def combine(
         f"image {image.shape[:2]} and spots image {spots_image.shape} differ in size",
     )
     dtype = image.dtype
-    if dtype in _FULL:
-        full = _FULL[dtype]
+    if dtype in FULL_SCALE:
+        full = FULL_SCALE[dtype]
     elif np.issubdtype(dtype, np.floating):
         full = 1.0
     else:
@@ -97,6 +107,6 @@ def combine(
         out = np.concatenate([planes, new[..., None]], axis=-1)
     if image.ndim == 2 and out.shape[-1] == 1:
         out = out[..., 0]
-    if dtype in _FULL:
+    if dtype in FULL_SCALE:
         return np.rint(np.clip(out, 0.0, 1.0) * full).astype(dtype)
     return np.clip(out, 0.0, None).astype(dtype)

@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import disks_dataset, disks_labels, disks_sample  # noqa: E402
+from conftest import SMALL_MASKRCNN, disks_dataset, disks_labels, disks_sample  # noqa: E402
 
 from cellsynth.benchmark.segmenters import make_segmenter  # noqa: E402
 from cellsynth.benchmark.segmenters._instances import (  # noqa: E402
@@ -34,15 +34,7 @@ TINY = {
         unet_channels=[4, 8, 16], strides=[2, 2], num_res_units=1, crop=64, tile=64, batch_size=2
     ),
     "maskrcnn": dict(
-        arch="resnet18_fpn",
-        crop=64,
-        batch_size=2,
-        score_threshold=0.0,
-        max_detections=5,
-        box_batch_size_per_image=16,
-        rpn_post_nms_top_n_train=200,
-        rpn_pre_nms_top_n_test=200,
-        rpn_post_nms_top_n_test=100,
+        SMALL_MASKRCNN, score_threshold=0.0, max_detections=5, box_batch_size_per_image=16
     ),
     "cellpose": dict(bsize=64, batch_size=2, min_train_masks=1),
 }

@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import disks_dataset  # noqa: E402
+from conftest import SMALL_MASKRCNN, disks_dataset  # noqa: E402
 
 from cellsynth import precision as precision_mod  # noqa: E402
 from cellsynth.benchmark.segmenters import _fitting, make_segmenter  # noqa: E402
@@ -29,17 +29,7 @@ TINY = {
         unet_channels=[8, 16, 32], strides=[2, 2], num_res_units=1, crop=64, tile=64, batch_size=4
     ),
     "u2net": dict(variant="small", crop=64, tile=64, batch_size=4, lr=5e-3),
-    "maskrcnn": dict(
-        arch="resnet18_fpn",
-        crop=64,
-        batch_size=2,
-        max_detections=20,
-        box_batch_size_per_image=32,
-        rpn_post_nms_top_n_train=200,
-        rpn_pre_nms_top_n_test=200,
-        rpn_post_nms_top_n_test=100,
-        lr=1e-3,
-    ),
+    "maskrcnn": dict(SMALL_MASKRCNN, max_detections=20, box_batch_size_per_image=32, lr=1e-3),
     "cellpose": dict(bsize=64, batch_size=4, min_train_masks=1),
 }
 

@@ -25,7 +25,7 @@ from cellsynth.datasets.folders import (
     normalise_image,
     read_mask,
 )
-from cellsynth.datasets.importer import assign_splits
+from cellsynth.datasets.importer import assign_splits, collect_items
 from cellsynth.datasets.io import read_image, read_labels
 from cellsynth.errors import CellsynthError
 
@@ -518,6 +518,20 @@ def test_folder_pairs_and_bad_masks(tmp_path):
     empty.mkdir()
     with pytest.raises(CellsynthError, match="no images found"):
         folder_pairs(empty, tmp_path / "m")
+
+
+def test_two_files_or_samples_with_one_name_are_refused(tmp_path):
+    img = np.zeros((10, 12), np.uint8)
+    _write(tmp_path / "i" / "p.tif", img)
+    _write(tmp_path / "i" / "p.png", img)
+    _write(tmp_path / "m" / "p.tif", _labels((10, 12)))
+    with pytest.raises(CellsynthError, match=r"two images share the name 'p' \(p\.png, p\.tif\)"):
+        folder_pairs(tmp_path / "i", tmp_path / "m")
+    for split in ("train", "test"):
+        _write(tmp_path / "e" / split / "images" / "s.tif", img)
+        _write(tmp_path / "e" / split / "masks" / "s.tif", _labels((10, 12)))
+    with pytest.raises(CellsynthError, match="two samples are named 's'"):
+        collect_items("embedseg", [tmp_path / "e"])
 
 
 def test_read_mask_channels_and_normalise_image(tmp_path):

@@ -36,14 +36,14 @@ SOURCE_DIR = Path(__file__).resolve().parent / "cuda"
 
 # Compiled sources of each extension and the headers they include (all go into the hash).
 SOURCES = {
-    "bias_act": (["bias_act.cpp", "bias_act.cu"], ["bias_act.h"]),
+    "bias_act": (["bias_act.cpp", "bias_act.cu"], ["bias_act.h", "device_io.cuh"]),
     "upfirdn2d": (
         ["upfirdn2d.cpp", "upfirdn2d.cu"],
-        ["upfirdn_common.h", "upfirdn_host.h", "upfirdn_kernel.cuh"],
+        ["device_io.cuh", "upfirdn_common.h", "upfirdn_host.h", "upfirdn_kernel.cuh"],
     ),
     "filtered_lrelu": (
         ["filtered_lrelu.cpp", "filtered_lrelu.cu"],
-        ["upfirdn_common.h", "upfirdn_host.h", "upfirdn_kernel.cuh"],
+        ["device_io.cuh", "upfirdn_common.h", "upfirdn_host.h", "upfirdn_kernel.cuh"],
     ),
 }
 

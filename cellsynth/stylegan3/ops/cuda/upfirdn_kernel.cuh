@@ -9,15 +9,11 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "device_io.cuh"
 #include "upfirdn_common.h"
 
 namespace cellsynth {
 namespace {
-
-__device__ __forceinline__ float load_f(const float* p) { return *p; }
-__device__ __forceinline__ float load_f(const __half* p) { return __half2float(*p); }
-__device__ __forceinline__ void store_f(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store_f(__half* p, float v) { *p = __float2half_rn(v); }
 
 // floor(a / b) and ceil(a / b) for b > 0 and any sign of a.
 __device__ __forceinline__ int floor_div(int a, int b) {
