@@ -117,6 +117,38 @@ def mask_figures(args, train, test) -> dict:
         goals[f"w1_{f}"] = bool(ratio is not None and ratio <= 1.2)
     out["w1"] = w1
     out["goals_met"] = goals
+    if gen.num_classes and gen.classes:
+        out["per_class"] = per_class_figures(gen, test, fake, args)
+    return out
+
+
+def per_class_figures(gen, test, fake, args) -> dict:
+    """A conditional generator: per class, its share, objects per tile and mean area of the
+    generated tiles against the real test tiles of the images of that class (the class
+    ``dataset pack --cond nucleus_size`` gives an image)."""
+    from cellsynth.datasets.pack import size_class
+
+    drawn = gen.seed_classes(list(range(len(fake))))
+    real_by_class = {
+        name: label_tiles(
+            [s for s in test if size_class(s.labels) == name], gen.resolution, args.tile
+        )
+        for name in gen.classes
+    }
+    total_real = max(sum(len(v) for v in real_by_class.values()), 1)
+    out = {}
+    for k, name in enumerate(gen.classes):
+        real = real_by_class[name]
+        mine = [f for f, c in zip(fake, drawn) if c == k]
+        row = {"share_generated": round(len(mine) / max(len(fake), 1), 3)}
+        row["share_real_test"] = round(len(real) / total_real, 3)
+        for key, tiles in (("real_test", real), ("generated", mine)):
+            n = [int(t.max(initial=0)) for t in tiles]
+            areas = np.concatenate([np.bincount(t.ravel())[1:] for t in tiles] or [np.zeros(0)])
+            areas = areas[areas > 0]
+            row[f"objects_per_tile_{key}"] = round(float(np.mean(n)), 2) if n else None
+            row[f"mean_area_{key}"] = round(float(areas.mean()), 1) if areas.size else None
+        out[name] = row
     return out
 
 
