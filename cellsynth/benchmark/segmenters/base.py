@@ -36,6 +36,7 @@ _REGISTRY: dict[str, type[Segmenter]] = {}
 # dependencies are missing fails alone with a clear message.
 MODULES = {
     "classical": "cellsynth.benchmark.segmenters.classical",
+    "dwt": "cellsynth.benchmark.segmenters.dwt",
     "cellpose": "cellsynth.benchmark.segmenters.cellpose",
     "maskrcnn": "cellsynth.benchmark.segmenters.maskrcnn",
     "u2net": "cellsynth.benchmark.segmenters.u2net",
