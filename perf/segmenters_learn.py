@@ -32,8 +32,9 @@ OPTIONS = {
     # ResNet-50 and the 4 x 256 mask head are too slow from scratch on 2 cores
     "maskrcnn": {"arch": "resnet18_fpn", "mask_head": [128, 128], "box_batch_size_per_image": 128},
     "cellpose": {"bsize": 128},  # 3x the steps of 224-px crops; nuclei are ~20 px here
+    "dwt": {},  # its defaults are CPU-sized (U-Nets at half resolution, ~1.4 s per step)
 }
-DEEP = ("unet", "u2net", "maskrcnn", "cellpose", "stardist")
+DEEP = ("unet", "u2net", "maskrcnn", "cellpose", "stardist", "dwt")
 
 
 def cpu_model() -> str:

@@ -37,6 +37,7 @@ _REGISTRY: dict[str, type[Segmenter]] = {}
 MODULES = {
     "classical": "cellsynth.benchmark.segmenters.classical",
     "cellprofiler": "cellsynth.benchmark.segmenters.cellprofiler",
+    "dwt": "cellsynth.benchmark.segmenters.dwt",
     "cellpose": "cellsynth.benchmark.segmenters.cellpose",
     "maskrcnn": "cellsynth.benchmark.segmenters.maskrcnn",
     "u2net": "cellsynth.benchmark.segmenters.u2net",
