@@ -226,12 +226,47 @@ def check_resume(cfg: dict, opts: dict, data, build: dict) -> dict:
             f"{opts['data']} is {data.resolution}px; resume with matching data"
         )
     for key, value in cfg["build"].items():
+        if key == "c_dim" and int(value) == 0 and int(build.get("c_dim", 0)) > 0:
+            continue  # an unconditional snapshot starts a conditional run (see widen_state)
         if key in build and build[key] != value and key != "num_fp16_res":
             raise CellsynthError(
                 f"{path}: the snapshot was trained with {key}={value!r}, this run asks for "
                 f"{build[key]!r}; use the snapshot's options to resume"
             )
-    return dict(cfg["build"], **{k: build[k] for k in ("num_fp16_res",) if k in build})
+    keep = ("num_fp16_res", "c_dim")
+    return dict(cfg["build"], **{k: build[k] for k in keep if k in build})
+
+
+def widen_state(module, state: dict) -> list[str]:
+    """Load an unconditional network's ``state`` into the conditional ``module`` of the same
+    architecture; returns the names that keep their fresh initialisation.
+
+    Tensors of the same name and shape are copied. A mapping layer whose input grew by the
+    class embedding (its weight has more columns) gets the old weight in its leading columns,
+    times sqrt(new / old inputs) to undo the layer's 1 / sqrt(inputs) gain, and zeros for the
+    embedding's columns: the generator then makes exactly what it made before, for every class,
+    and learns to use the class from there. Everything else (the class embedding, the
+    discriminator's class mapping and its projection head) starts fresh."""
+    own = module.state_dict()
+    fresh = []
+    for name, value in own.items():
+        old = state.get(name)
+        if old is not None and old.shape == value.shape:
+            value.copy_(old)
+        elif (
+            old is not None
+            and "mapping" in name
+            and value.ndim == 2
+            and old.ndim == 2
+            and old.shape[0] == value.shape[0]
+            and old.shape[1] < value.shape[1]
+        ):
+            value.zero_()
+            value[:, : old.shape[1]] = old * math.sqrt(value.shape[1] / old.shape[1])
+        else:
+            fresh.append(name)
+    module.load_state_dict(own)
+    return fresh
 
 
 class Trainer:
@@ -269,6 +304,7 @@ class Trainer:
         self.tick_start_nimg = 0
         self.tick_stats = {}
         self.fine_tune = False
+        self.resume_note = ""
         if resume is not None:
             self._load_resume(resume)
         if (resume is None or self.fine_tune) and world > 1:
@@ -411,12 +447,34 @@ class Trainer:
     def _load_resume(self, snap: dict) -> None:
         from cellsynth.training.checkpoint import set_rng_state
 
+        widening = int(snap["config"]["build"].get("c_dim", 0)) != self.c_dim
         if "D" not in snap or "G_opt" not in snap:
             # a weights-only generator (a shipped model, `cellsynth models export`): fine-tune
             # it: G and G_ema start from its weights, D and the optimizers fresh, kimg from 0
             weights = snap["G_ema"] if "G_ema" in snap else snap["G"]
-            self.G.load_state_dict(weights)
-            self.G_ema.load_state_dict(weights)
+            for module in (self.G, self.G_ema):
+                if widening:
+                    widen_state(module, weights)
+                else:
+                    module.load_state_dict(weights)
+            self.fine_tune = True
+            self.resume_note = (
+                f"; fine-tuning the generator of {self.opts['resume']} (a weights-only file: "
+                "fresh discriminator and optimizers)"
+            )
+            return
+        if widening:
+            # an unconditional run continues as a conditional one: the networks' weights (see
+            # widen_state), the augmentation strength; fresh optimizers, kimg from 0
+            fresh = {}
+            for name, module in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema)):
+                fresh[name] = widen_state(module, snap[name])
+            self.resume_note = (
+                f"; a conditional run started from the unconditional {self.opts['resume']} "
+                f"(fresh: G {', '.join(fresh['G'])}; D {', '.join(fresh['D'])}; optimizers)"
+            )
+            if self.augment is not None and "augment_p" in snap and self.opts.get("aug") != "fixed":
+                self.augment.p.copy_(snap["augment_p"])
             self.fine_tune = True
             return
         for name, module in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema)):
@@ -728,13 +786,7 @@ def training_process(rank: int, world: int, opts: dict, run_dir) -> None:
                 f"{trainer.data.resolution}px, {trainer.data.channels} ch) with {world} process(es) "
                 f"on {trainer.device} ({cpu_kind() if trainer.device.type == 'cpu' else 'GPU'}, "
                 f"mixed precision: {trainer.precision}); G {n_g} params, D {n_d} params; "
-                f"starting at kimg {trainer.cur_nimg / 1000:.3f}"
-                + (
-                    f"; fine-tuning the generator of {opts['resume']} (a weights-only file: "
-                    "fresh discriminator and optimizers)"
-                    if trainer.fine_tune
-                    else ""
-                )
+                f"starting at kimg {trainer.cur_nimg / 1000:.3f}{trainer.resume_note}"
             )
         trainer.run(progress=bool(opts.get("progress", False)))
         if rank == 0:

@@ -229,6 +229,40 @@ def test_resume_gives_identical_steps(fbd_zip, tmp_path):
     assert any(not torch.equal(v, c["G"][k]) for k, v in a["G"].items())
 
 
+def test_unconditional_snapshot_starts_a_conditional_run(fbd_zip, tmp_path):
+    from cellsynth.stylegan3.training_loop import Trainer
+
+    plain = Trainer(sg3_options(fbd_zip, tmp_path, cfg="stylegan2"))
+    plain.step()
+    snap = plain.save_snapshot(tmp_path / "plain.pt")
+    cond_zip = make_masks_zip(tmp_path / "cond.zip", classes=["a", "b", "c"])
+    opts = sg3_options(cond_zip, tmp_path, cfg="stylegan2", cond=True)
+    cond = Trainer({**opts, "resume": str(snap)})
+    assert cond.c_dim == 3 and cond.fine_tune and cond.cur_nimg == 0
+    assert "conditional run started from the unconditional" in cond.resume_note
+    assert "mapping.embed.weight" in cond.resume_note and "b4.out.weight" in cond.resume_note
+    # the conditional generator makes exactly what the unconditional one made, for every class
+    z = torch.randn(4, plain.G_ema.z_dim)
+    with torch.no_grad():
+        ref = plain.G_ema(z, torch.zeros(4, 0), noise_mode="const")
+        for k in range(3):
+            c = torch.nn.functional.one_hot(torch.full((4,), k), 3).float()
+            out = cond.G_ema(z, c, noise_mode="const")
+            assert torch.allclose(out, ref, atol=1e-5), k
+    # the discriminator's trunk is the old one; its class head starts fresh
+    old_d = torch.load(snap, weights_only=True)["D"]
+    new_d = cond.D.state_dict()
+    shared = [k for k in old_d if k in new_d and old_d[k].shape == new_d[k].shape]
+    assert len(shared) > 10 and all(torch.equal(old_d[k], new_d[k]) for k in shared)
+    # a conditional snapshot does not go back to an unconditional run
+    back = Trainer({**opts, "resume": str(cond.save_snapshot(tmp_path / "cond.pt"))})
+    assert back.c_dim == 3
+    with pytest.raises(CellsynthError, match="c_dim"):
+        Trainer(
+            {**sg3_options(fbd_zip, tmp_path, cfg="stylegan2"), "resume": str(tmp_path / "cond.pt")}
+        )
+
+
 def test_run_folder_contents(fbd_zip, tmp_path):
     from cellsynth.stylegan3.train import train
     from cellsynth.training.logging import read_stats
