@@ -43,6 +43,7 @@ MODULES = {
     "u2net": "cellsynth.benchmark.segmenters.u2net",
     "unet": "cellsynth.benchmark.segmenters.unet",
     "stardist": "cellsynth.benchmark.segmenters.stardist",
+    "swin": "cellsynth.benchmark.segmenters.swin",
 }
 
 

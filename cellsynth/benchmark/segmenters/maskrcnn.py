@@ -3,11 +3,14 @@
 Architectures (option ``arch``): ``resnet50_fpn`` (default; torchvision
 ``maskrcnn_resnet50_fpn``), ``resnet50_fpn_v2`` (``maskrcnn_resnet50_fpn_v2``), and lighter
 ``resnet18_fpn`` / ``resnet34_fpn`` (ResNet + FPN from ``backbone_utils``) that train from
-scratch on a CPU within minutes. No weights are downloaded: by default everything starts from
-random initialisation (``weights=None, weights_backbone=None``). ``weights`` (a whole Mask R-CNN,
-e.g. COCO; the class-specific heads are re-initialised) and ``backbone_weights`` (an ImageNet
-ResNet) take a local ``.pth`` path, or a torchvision weights name (``DEFAULT``, ``COCO_V1``,
-``IMAGENET1K_V1``, ...) that is used only when its file is already in the torch hub cache.
+scratch on a CPU within minutes, and ``swin_t_fpn`` (a Swin transformer + FPN, built by
+:mod:`cellsynth.benchmark.segmenters.swin`, whose ``swin`` segmenter sets its size options).
+No weights are downloaded: by default everything starts from random initialisation
+(``weights=None, weights_backbone=None``). ``weights`` (a whole Mask R-CNN, e.g. COCO; the
+class-specific heads are re-initialised) and ``backbone_weights`` (an ImageNet ResNet, or
+Swin-T for ``swin_t_fpn`` at its full size) take a local ``.pth`` path, or a torchvision
+weights name (``DEFAULT``, ``COCO_V1``, ``IMAGENET1K_V1``, ...) that is used only when its file
+is already in the torch hub cache.
 
 Settings for dense small cells: anchors of 8..128 px (one size per FPN level, ratios 0.5/1/2),
 hundreds of detections per image, RPN pre/post-NMS top-n raised to 3000/1500 (test), no internal
@@ -60,7 +63,7 @@ except ImportError as _exc:  # pragma: no cover - depends on the environment
         f"maskrcnn needs torchvision ({_exc}); pip install 'cellsynth[benchmark]'"
     ) from None
 
-ARCHS = ("resnet50_fpn", "resnet50_fpn_v2", "resnet18_fpn", "resnet34_fpn")
+ARCHS = ("resnet50_fpn", "resnet50_fpn_v2", "resnet18_fpn", "resnet34_fpn", "swin_t_fpn")
 _WEIGHT_ENUMS = {
     "resnet50_fpn": "MaskRCNN_ResNet50_FPN_Weights",
     "resnet50_fpn_v2": "MaskRCNN_ResNet50_FPN_V2_Weights",
@@ -70,6 +73,7 @@ _BACKBONE_ENUMS = {
     "resnet50_fpn_v2": "ResNet50_Weights",
     "resnet18_fpn": "ResNet18_Weights",
     "resnet34_fpn": "ResNet34_Weights",
+    "swin_t_fpn": "Swin_T_Weights",
 }
 
 DEFAULTS = {
@@ -190,6 +194,10 @@ def build_model(options: dict, load_pretrained: bool = True):
         model = maskrcnn_resnet50_fpn_v2(
             weights=None, weights_backbone=None, num_classes=2, **kwargs
         )
+    elif arch == "swin_t_fpn":
+        from cellsynth.benchmark.segmenters.swin import swin_fpn_backbone
+
+        model = MaskRCNN(swin_fpn_backbone(options), num_classes=2, **kwargs)
     else:
         backbone = resnet_fpn_backbone(
             backbone_name=arch.split("_")[0],
@@ -380,11 +388,15 @@ class MaskRCNNSegmenter(Segmenter):
         steps = o["steps_per_epoch"] or max(1, math.ceil(len(images) / bs))
         min_area = int(o["min_object_area"])
         probs = area_weights(images)
+        augment = self._crop_augmenter(images, labels, rng)
 
         def step_fn(step):
             xs, ts = [], []
             for i in rng.choice(len(images), size=bs, p=probs):
-                x, y = random_flip_rot(random_crop([images[i], labels[i]], crop, rng), rng)
+                x, y = random_crop([images[i], labels[i]], crop, rng)
+                if augment is not None:
+                    x, y = augment(x, y, i)
+                x, y = random_flip_rot([x, y], rng)
                 xs.append(torch.from_numpy(x).to(device))
                 ts.append({k: v.to(device) for k, v in crop_targets(y, min_area).items()})
             model.train()
@@ -416,6 +428,13 @@ class MaskRCNNSegmenter(Segmenter):
             )
         if workdir is not None:
             self.save(Path(workdir) / "model")
+
+    def _crop_augmenter(self, images, labels, rng):
+        """A hook for subclasses: None (no augmentation), or ``augment(x, y, i) -> (x, y)``
+        applied to each training crop (3 x c x c image, c x c labels, cut from training image
+        ``i``) before its flips; made once per fit from the training images and labels (after
+        ``scale``) and the training RNG."""
+        return None
 
     def _raw(self, image: np.ndarray) -> dict:
         """The network's detections on one image (score >= RAW_SCORE, box NMS at RAW_NMS):
