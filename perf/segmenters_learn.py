@@ -32,8 +32,11 @@ OPTIONS = {
     # ResNet-50 and the 4 x 256 mask head are too slow from scratch on 2 cores
     "maskrcnn": {"arch": "resnet18_fpn", "mask_head": [128, 128], "box_batch_size_per_image": 128},
     "cellpose": {"bsize": 128},  # 3x the steps of 224-px crops; nuclei are ~20 px here
+    # EmbedSeg's ERFNet has no width option: 0.4 s per step of 4 x 128^2 in bf16 here (4x the
+    # steps of 256-px crops)
+    "embedseg": {"crop": 128, "batch_size": 4},
 }
-DEEP = ("unet", "u2net", "maskrcnn", "cellpose", "stardist")
+DEEP = ("unet", "u2net", "maskrcnn", "cellpose", "stardist", "embedseg")
 
 
 def cpu_model() -> str:

@@ -41,6 +41,7 @@ MODULES = {
     "u2net": "cellsynth.benchmark.segmenters.u2net",
     "unet": "cellsynth.benchmark.segmenters.unet",
     "stardist": "cellsynth.benchmark.segmenters.stardist",
+    "embedseg": "cellsynth.benchmark.segmenters.embedseg",
 }
 
 
