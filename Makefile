@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[all]"
+	# EmbedSeg's wheel pins an old tifffile and Jupyter: installed alone (pyproject's embedseg)
+	$(BIN)/python -m pip install -q --no-deps "EmbedSeg==0.2.3"
 	touch $(STAMP)
 
 setup: $(STAMP)

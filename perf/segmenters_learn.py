@@ -42,8 +42,11 @@ OPTIONS = {
         "mask_head": [128, 128],
         "box_batch_size_per_image": 128,
     },
+    # EmbedSeg's ERFNet has no width option: 0.4 s per step of 4 x 128^2 in bf16 here (4x the
+    # steps of 256-px crops)
+    "embedseg": {"crop": 128, "batch_size": 4},
 }
-DEEP = ("unet", "u2net", "maskrcnn", "cellpose", "stardist", "dwt", "swin")
+DEEP = ("unet", "u2net", "maskrcnn", "cellpose", "stardist", "dwt", "swin", "embedseg")
 
 
 def cpu_model() -> str:

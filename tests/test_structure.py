@@ -196,7 +196,13 @@ def test_environment_yml_installs_what_make_setup_does():
     pip = [d for d in deps if isinstance(d, dict)]
     assert len(pip) == 1 and list(pip[0]) == ["pip"]
     assert pip[0]["pip"] == ["-e .[all]"]
-    assert '-e ".[all]"' in (ROOT / "Makefile").read_text()  # the same set as `make setup`
+    makefile = (ROOT / "Makefile").read_text()
+    assert '-e ".[all]"' in makefile  # the same set as `make setup`
+    # what the Makefile installs without its dependencies, environment.yml names too
+    for line in makefile.splitlines():
+        if "--no-deps" in line:
+            spec = line.split("--no-deps", 1)[1].strip().strip('"')
+            assert f"--no-deps {spec}" in (ROOT / "environment.yml").read_text(), spec
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     named = set().union(*(_extras_named(r) for r in extras["all"]))

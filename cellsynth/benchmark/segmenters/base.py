@@ -44,6 +44,7 @@ MODULES = {
     "unet": "cellsynth.benchmark.segmenters.unet",
     "stardist": "cellsynth.benchmark.segmenters.stardist",
     "swin": "cellsynth.benchmark.segmenters.swin",
+    "embedseg": "cellsynth.benchmark.segmenters.embedseg",
 }
 
 
