@@ -195,7 +195,7 @@ def build_model(options: dict, load_pretrained: bool = True):
             weights=None, weights_backbone=None, num_classes=2, **kwargs
         )
     elif arch == "swin_t_fpn":
-        from cellsynth.benchmark.segmenters.swin import swin_fpn_backbone
+        from cellsynth.benchmark.segmenters._swin_backbone import swin_fpn_backbone
 
         model = MaskRCNN(swin_fpn_backbone(options), num_classes=2, **kwargs)
     else:
