@@ -269,8 +269,11 @@ def pack_masks(
                 "cells or, for tiles, be smaller than the tile: try --keep-empty or center-crop)"
             )
         if cond is not None:
-            # class indices in sorted order of the class names, so they do not depend on order
+            # class indices in sorted order of the class names, so they do not depend on order;
+            # the derived size classes are always all three, so their indices never change
             names = sorted(classes)
+            if cond == SIZE_KEY and set(classes) <= {n for _, n in SIZE_BINS}:
+                names = sorted(n for _, n in SIZE_BINS)
             remap = {classes[c]: names.index(c) for c in classes}
             labels = [[a, remap[c]] for a, c in labels]
             class_names = names

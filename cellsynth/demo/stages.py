@@ -177,7 +177,7 @@ def _tile_grid(tiles: np.ndarray, cols: int = 8, zoom: int = 2) -> np.ndarray:
 
 def stage_finetune_masks(demo: Demo) -> dict:
     from cellsynth.datasets.io import write_image
-    from cellsynth.datasets.pack import pack_masks
+    from cellsynth.datasets.pack import SIZE_KEY, pack_masks
     from cellsynth.stylegan3.generate import MaskGenerator
     from cellsynth.stylegan3.train import train
 
@@ -196,6 +196,7 @@ def stage_finetune_masks(demo: Demo) -> dict:
         tile=res_tile[1],
         stride=res_tile[1] // 2,
         split="train",
+        cond=SIZE_KEY if before.num_classes else None,  # the shipped generator's classes
     )
     run = train(
         outdir=str(demo.out / "finetune" / "stylegan"),
@@ -214,6 +215,7 @@ def stage_finetune_masks(demo: Demo) -> dict:
         tick=0.1,
         snap=5,
         resume=SHIPPED,
+        cond=bool(before.num_classes),
         max_minutes=demo.budget["finetune-masks"],
         seed=demo.seed,
         workers=0,

@@ -112,6 +112,11 @@ def test_pack_masks_nucleus_size_classes(tmp_path):
     assert summary["classes"] == ["large", "medium", "small"]
     ds = MaskZipDataset(dest)
     assert ds.labels.tolist() == [0, 1, 1, 2]  # samples in name order: l, m, m2, s
+    # a set with only some of the size classes keeps the indices of all three
+    write_dataset(tmp_path / "few", {"train": [Sample("s", img, labs["s"], {})]})
+    few = pack_masks(tmp_path / "few", tmp_path / "few.zip", 32, cond="nucleus_size")
+    assert few["classes"] == ["large", "medium", "small"]
+    assert MaskZipDataset(tmp_path / "few.zip").labels.tolist() == [2]
     with pytest.raises(CellsynthError, match="nucleus_size derives"):
         pack_masks(root, tmp_path / "x.zip", 32, cond="cell_type")
 
