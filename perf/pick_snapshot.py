@@ -7,7 +7,8 @@ For every ``network-snapshot-*.pt`` in RUN_DIR whose kimg is a multiple of ``--e
 ``--num`` generated tiles (seeds 1000 on; a conditional generator draws each seed's class
 from its training frequencies) decoded to instances, against the real *train* tiles at the
 generator's scale (``--tile`` px crops, no overlap, empty ones skipped): objects per tile,
-mean area, touching fraction, the share of empty generated tiles, and the normalised
+mean area, touching fraction, the share of empty generated tiles, the share of near-duplicate
+pairs of tiles (foreground IoU > 0.5: a repeated layout, i.e. mode collapse), and the normalised
 Wasserstein-1 morphology distances of the realism measure. Prints one JSON line per snapshot
 (appended to ``--log`` too, which also lets a later call skip the snapshots already measured)
 and, last, the snapshot with the lowest mean W1 distance.
@@ -20,7 +21,13 @@ import json
 import re
 from pathlib import Path
 
-from pretrained_goals import ROOT, label_tiles, read_split, touching_fraction
+from pretrained_goals import (
+    ROOT,
+    label_tiles,
+    near_duplicate_share,
+    read_split,
+    touching_fraction,
+)
 
 SNAP = re.compile(r"network-snapshot-(\d+(?:\.\d+)?)\.pt$")
 
@@ -49,6 +56,7 @@ def measure(path: Path, real, num: int) -> dict:
         "mean_area": round(r["mean_area_fake"], 1),
         "touching": round(touching_fraction(fake), 3),
         "empty_share": round(sum(int(f.max(initial=0)) == 0 for f in fake) / len(fake), 3),
+        "near_duplicate_share": round(near_duplicate_share(fake), 4),
         "w1_mean": round(r["w1_mean"], 3),
     }
     for f in ("area", "perimeter", "eccentricity", "solidity", "count"):
@@ -79,6 +87,7 @@ def main():
     ref = {
         "objects_per_tile": round(sum(int(t.max()) for t in real) / len(real), 2),
         "touching": round(touching_fraction(real), 3),
+        "near_duplicate_share": round(near_duplicate_share(real), 4),
     }
     print(json.dumps({"real_train_tiles": len(real), **ref}), flush=True)
     for kimg, path in found:
