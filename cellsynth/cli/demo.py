@@ -35,7 +35,7 @@ import click
     "--segmenters",
     default=None,
     help="Comma-separated segmenters to benchmark [default: "
-    "classical,stardist,cellpose,unet,u2net]; shipped ones are loaded, others train on the "
+    "classical,stardist,cellpose,unet,u2net,dwt,embedseg]; shipped ones are loaded, others train on the "
     "synthetic set.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -30,7 +30,7 @@ class Preset:
     max_train_images: int | None = None  # real training images the GANs are fine-tuned on
     sg3_batch: int = 8  # fine-tuning
     p2p_crop: int = 128
-    segmenters: str = "classical,stardist,cellpose,unet,u2net"
+    segmenters: str = "classical,stardist,cellpose,unet,u2net,dwt,embedseg"
     seg_options: dict = field(default_factory=dict)  # for segmenters trained in the demo
     n_boot: int = 1000
     minutes: float = 2.0  # fine-tuning budget of both GANs together
