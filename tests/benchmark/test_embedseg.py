@@ -186,3 +186,36 @@ def test_errors(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "EmbedSeg.models.BranchedERFNet", None)  # not installed
     with pytest.raises(CellsynthError, match=r"pip install --no-deps EmbedSeg==0\.2\.3"):
         make_segmenter("embedseg").fit([disks_sample(0)], tmp_path / "w", epochs=1, progress=False)
+
+
+class _NotAWeight:
+    """Any object: a checkpoint holding it needs pickled code, which weights_only refuses."""
+
+
+@pytest.mark.slow
+def test_pretrained_checkpoint_of_embedseg(trained, disks, tmp_path):
+    seg, _ = trained
+    # EmbedSeg's own training saves a DataParallel model's state dict inside a dict
+    state = {f"module.{k}": v for k, v in seg.net.state_dict().items()}
+    ckpt = tmp_path / "best_iou_model.pth"
+    torch.save({"epoch": 3, "model_state_dict": state, "optim_state_dict": {}, "iou": 0.5}, ckpt)
+    keep = {k: seg.options[k] for k in ("seed_thresh", "min_object_size", "tile", "overlap")}
+    pre = make_segmenter("embedseg", pretrained=str(ckpt), **keep)
+    image = disks[0].image
+    assert np.array_equal(pre.predict(image), seg.predict(image))
+    assert pre.options["in_channels"] == seg.options["in_channels"]
+    assert pre.options["n_sigma"] == seg.options["n_sigma"]
+    pre.save(tmp_path / "saved")  # a saved model loads without the checkpoint file
+    ckpt.unlink()
+    again = type(pre).load(tmp_path / "saved")
+    assert np.array_equal(again.predict(image), seg.predict(image))
+    with pytest.raises(CellsynthError, match="not found"):
+        make_segmenter("embedseg", pretrained=str(ckpt)).predict(image)
+    code = tmp_path / "with_code.pth"
+    torch.save({"model_state_dict": state, "logger": _NotAWeight()}, code)
+    with pytest.raises(CellsynthError, match="weights only"):
+        make_segmenter("embedseg", pretrained=str(code)).predict(image)
+    other = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, other)
+    with pytest.raises(CellsynthError, match="not a BranchedERFNet"):
+        make_segmenter("embedseg", pretrained=str(other)).predict(image)

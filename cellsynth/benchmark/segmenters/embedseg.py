@@ -77,7 +77,7 @@ from cellsynth.benchmark.segmenters._torchutil import (
     to_device,
 )
 from cellsynth.benchmark.segmenters.base import Segmenter, register
-from cellsynth.errors import CellsynthError
+from cellsynth.errors import CellsynthError, first_line
 from cellsynth.tools.labels import relabel_sequential
 
 INSTALL = "pip install 'cellsynth[embedseg]' && pip install --no-deps EmbedSeg==0.2.3"
@@ -118,6 +118,9 @@ DEFAULTS = {
     "val_max_images": 32,
     "n_evals": 10,  # validation points along the training
     "tune": True,  # choose the clustering thresholds on the validation slice
+    # a local EmbedSeg checkpoint (its own training's best_iou_model.pth, or the state dict of
+    # one): predict with it as it is, or fit from it (fine-tuning); never downloaded
+    "pretrained": None,
 }
 
 TUNE_GRID = {
@@ -275,15 +278,35 @@ class EmbedSegSegmenter(Segmenter):
         self.precision = None
 
     # --- the network -----------------------------------------------------------------------
-    def _ensure_net(self, in_channels: int):
+    def _pretrained(self) -> dict | None:
+        """The state dict of option ``pretrained`` (checked), with in_channels and n_sigma set
+        from its shapes; None without the option."""
+        spec = self.options.get("pretrained")
+        if not spec:
+            return None
+        state = pretrained_state(spec)
+        self.options["in_channels"] = int(state["encoder.initial_block.conv.weight"].shape[1])
+        self.options["n_sigma"] = int(state["decoders.0.output_conv.weight"].shape[1]) - 2
+        return state
+
+    def _ensure_net(self, in_channels: int | None = None):
         if self.net is not None:
             return self.net
+        state = self._pretrained()
+        if state is not None:
+            in_channels = self.options["in_channels"]
         es = _import_embedseg()
         n_sigma = int(self.options["n_sigma"])
         with seeded(int(self.options["seed"])), _quiet():
             net = es.BranchedERFNet(num_classes=[2 + n_sigma, 1], input_channels=int(in_channels))
             net.init_output(n_sigma)  # offsets 0, bandwidths 1: EmbedSeg's start
         self.options["in_channels"] = int(in_channels)
+        if state is not None:
+            load_state_checked(
+                net,
+                state,
+                f"embedseg: {self.options['pretrained']} is not a BranchedERFNet of EmbedSeg",
+            )
         self.net = net.to(get_device(self.options["device"]))
         return self.net
 
@@ -305,6 +328,8 @@ class EmbedSegSegmenter(Segmenter):
 
         o = self.options
         samples = list(train)
+        if o.get("pretrained"):
+            self._ensure_net()  # fine-tune: in_channels and n_sigma come from the checkpoint
         in_ch = o["in_channels"] or max(
             1 if s.image.ndim == 2 else s.image.shape[-1] for s in samples
         )
@@ -377,8 +402,13 @@ class EmbedSegSegmenter(Segmenter):
         bandwidths, seed logits), by tiles."""
         import torch
 
+        if self.net is None and self.options.get("pretrained"):
+            self._ensure_net()  # a pretrained checkpoint predicts as it is
         if self.net is None:
-            raise CellsynthError("embedseg: model is not trained; call fit() or load() first")
+            raise CellsynthError(
+                "embedseg: model is not trained; call fit() or load() first, or give the "
+                "option pretrained=PATH"
+            )
         o = self.options
         device, precision = device_precision(o, self.precision)
         x = normalize_image(image, int(o["in_channels"]))
@@ -461,13 +491,44 @@ class EmbedSegSegmenter(Segmenter):
         state, options, info = load_weights(path, cls.name)
         if options.get("in_channels") is None:
             raise CellsynthError(f"{path}: options.json lacks in_channels")
-        seg = cls(**options)
+        seg = cls(**{**options, "pretrained": None})  # the saved weights replace the start point
         net = seg._ensure_net(int(options["in_channels"]))
         load_state_checked(
             net, state, f"{path}: weights do not fit the embedseg network described by options"
         )
+        seg.options["pretrained"] = options.get("pretrained")
         seg.info = info
         return seg
+
+
+def pretrained_state(spec) -> dict:
+    """The BranchedERFNet state dict in a local EmbedSeg checkpoint: EmbedSeg's own training
+    saves ``{"model_state_dict": ..., "optim_state_dict": ..., ...}`` from a ``DataParallel``
+    model (keys prefixed ``module.``); a bare state dict works too. Loaded with
+    ``weights_only=True``; anything else is one clear error."""
+    import torch
+
+    path = Path(os.path.expanduser(str(spec)))
+    if not path.is_file():
+        raise CellsynthError(
+            f"embedseg: pretrained model {path} not found; put an EmbedSeg checkpoint there (its "
+            "training writes best_iou_model.pth); nothing is downloaded"
+        )
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a pickle with code, or not a torch file at all
+        raise CellsynthError(
+            f"embedseg: {path} does not load as weights only ({first_line(exc, type(exc).__name__)}); "
+            "save its model_state_dict alone with torch.save"
+        ) from None
+    state = data.get("model_state_dict", data) if isinstance(data, dict) else None
+    if not state or not all(hasattr(v, "shape") for v in state.values()):
+        raise CellsynthError(f"embedseg: {path} holds no state dict of tensors")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    for key in ("encoder.initial_block.conv.weight", "decoders.0.output_conv.weight"):
+        if key not in state:
+            raise CellsynthError(f"embedseg: {path} is not a BranchedERFNet of EmbedSeg ({key})")
+    return state
 
 
 def _embedseg_version() -> str:
