@@ -15,6 +15,7 @@ import math
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -381,18 +382,52 @@ class DenseSegmenter(Segmenter):
             self.net.to(get_device(self.options["device"]))
         return self.net
 
+    def _fit_targets(self, fit_samples) -> list:
+        """The training target of each image (C x H x W float32), in the images' order."""
+        return [instance_targets(s.labels)[self._target_index()] for s in fit_samples]
+
+    def _fit_payload(self, image) -> dict:
+        """What the validation's post-processing search gets for one image."""
+        return dict(zip(self.outputs, self.predict_maps(image)))
+
+    def _fit_step(self, fit: SimpleNamespace):
+        """The training step ``step_fn(step) -> loss`` over ``fit`` (images, targets, device,
+        precision, net, rng, bs, crop, opt, probs, set_lr, info): a batch of random crops with
+        flips/rot90, binary cross-entropy on every output map (and every deep-supervision
+        side output). Subclasses with other targets and losses replace it."""
+        import torch
+        import torch.nn.functional as F
+
+        def step_fn(step):
+            xs, ys = [], []
+            for i in fit.rng.choice(len(fit.images), size=fit.bs, p=fit.probs):
+                crops = random_crop([fit.images[i], fit.targets[i]], fit.crop, fit.rng)
+                x, y = random_flip_rot(crops, fit.rng)
+                xs.append(x)
+                ys.append(y)
+            x = to_device(np.stack(xs), fit.device)
+            y = torch.from_numpy(np.stack(ys)).to(fit.device)
+            fit.net.train()
+            with autocast(fit.device, fit.precision):
+                logits = self._logits(fit.net, x)
+            if not isinstance(logits, (list, tuple)):
+                logits = [logits]
+            loss = sum(F.binary_cross_entropy_with_logits(lg.float(), y) for lg in logits)
+            return optimizer_step(fit.opt, loss)
+
+        return step_fn
+
     def fit(self, train, workdir, budget_minutes=None, epochs=None, progress=True) -> None:
-        """Train on a canonical dataset split (random crops + flips/rot90, AdamW, cosine LR),
-        keep the best weights by AP@0.5 on a seeded validation slice, then choose the
-        post-processing thresholds on that slice.
+        """Train on a canonical dataset split (random crops + flips/rot90, AdamW, cosine LR,
+        the step of :meth:`_fit_step`), keep the best weights by AP@0.5 on a seeded validation
+        slice, then choose the post-processing thresholds on that slice.
 
         Args:
             train: CanonicalDataset (or any sequence of Samples).
-            workdir: folder for the trained weights (``workdir/model``).
+            workdir: folder for the trained weights (``workdir/model``); None: not saved.
             budget_minutes / epochs: whichever ends first; neither -> option ``epochs``.
         """
         import torch
-        import torch.nn.functional as F
 
         t_start = time.perf_counter()
         check_train(train)
@@ -404,53 +439,48 @@ class DenseSegmenter(Segmenter):
             o["in_channels"] = int(in_ch)
         fit_samples, val = validation_split(samples, o)
         images = [normalize_image(s.image, in_ch) for s in fit_samples]
-        targets = [instance_targets(s.labels)[self._target_index()] for s in fit_samples]
         device, precision = device_precision(o)
         self.precision = precision
         net = self._ensure_net(in_ch)
         if device.type == "cpu":
             net.to(memory_format=torch.channels_last)
-        rng = np.random.default_rng(int(o["seed"]))
-        bs, crop = int(o["batch_size"]), int(o["crop"])
-        steps = o["steps_per_epoch"] or max(1, math.ceil(len(fit_samples) / bs))
+        bs = int(o["batch_size"])
         opt = torch.optim.AdamW(net.parameters(), lr=float(o["lr"]), weight_decay=o["weight_decay"])
-        probs = area_weights(images)
-
-        def step_fn(step):
-            xs, ys = [], []
-            for i in rng.choice(len(images), size=bs, p=probs):
-                x, y = random_flip_rot(random_crop([images[i], targets[i]], crop, rng), rng)
-                xs.append(x)
-                ys.append(y)
-            x = to_device(np.stack(xs), device)
-            y = torch.from_numpy(np.stack(ys)).to(device)
-            net.train()
-            with autocast(device, precision):
-                logits = self._logits(net, x)
-            if not isinstance(logits, (list, tuple)):
-                logits = [logits]
-            loss = sum(F.binary_cross_entropy_with_logits(lg.float(), y) for lg in logits)
-            return optimizer_step(opt, loss)
-
+        fit = SimpleNamespace(
+            images=images,
+            targets=self._fit_targets(fit_samples),
+            device=device,
+            precision=precision,
+            net=net,
+            rng=np.random.default_rng(int(o["seed"])),
+            bs=bs,
+            crop=int(o["crop"]),
+            opt=opt,
+            probs=area_weights(images),
+            set_lr=cosine_lr(opt, float(o["lr"])),
+            info={},
+        )
+        step_fn = self._fit_step(fit)
         with seeded(int(o["seed"]) + 1):
             self.info = fit_validated(
                 o,
                 val,
                 step_fn,
-                steps,
+                o["steps_per_epoch"] or max(1, math.ceil(len(fit_samples) / bs)),
                 net,
-                lambda image: dict(zip(self.outputs, self.predict_maps(image))),
+                self._fit_payload,
                 self._instances,
                 self._tune_grid(),
                 epochs=epochs,
                 budget_minutes=budget_minutes,
                 t_start=t_start,
-                set_lr=cosine_lr(opt, float(o["lr"])),
+                set_lr=fit.set_lr,
                 precision=precision,
                 device=device,
                 progress=progress,
                 desc=f"{self.name} fit",
                 train_images=len(fit_samples),
+                **fit.info,
             )
         if workdir is not None:
             self.save(Path(workdir) / "model")

@@ -43,24 +43,18 @@ it vanishes, e.g. a disk's centre, are left out of the direction loss), and the 
 from __future__ import annotations
 
 import math
-import time
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from cellsynth.benchmark.segmenters._fitting import autocast, fit_validated, validation_split
+from cellsynth.benchmark.segmenters._fitting import autocast
 from cellsynth.benchmark.segmenters._torchutil import (
     DenseSegmenter,
-    area_weights,
-    check_train,
-    cosine_lr,
     device_precision,
     normalize_image,
     optimizer_step,
     predict_tiled,
     random_crop,
-    seeded,
     to_device,
 )
 from cellsynth.benchmark.segmenters.base import register
@@ -385,68 +379,52 @@ class DWTSegmenter(DenseSegmenter):
             labels, int(o["levels"]), float(o["level_step"]), float(o["direction_sigma"])
         )
 
-    def fit(self, train, workdir, budget_minutes=None, epochs=None, progress=True) -> None:
-        """Train both networks jointly on a canonical dataset split (random crops + flips/rot90
-        with the directions turned along, AdamW, cosine LR, the teacher curriculum), keep the
-        best weights by AP@0.5 on a seeded validation slice, then choose the cut's parameters
-        on that slice.
+    def _fit_targets(self, fit_samples) -> list:
+        return [self._targets(s.labels) for s in fit_samples]
 
-        Args:
-            train: CanonicalDataset (or any sequence of Samples).
-            workdir: folder for the trained weights (``workdir/model``); None: not saved.
-            budget_minutes / epochs: whichever ends first; neither -> option ``epochs``.
-        """
+    def _fit_payload(self, image) -> dict:
+        return self._payload(self.predict_maps(image))
+
+    def _fit_step(self, fit):
+        """Both networks trained jointly: random crops + flips/rot90 with the directions turned
+        along; foreground BCE + the cosine direction loss on valid foreground pixels + the
+        level-weighted energy cross-entropy; during the first ``teacher`` of the training the
+        energy net sees the true directions with a falling probability (the curriculum)."""
         import torch
         import torch.nn.functional as F
 
-        t_start = time.perf_counter()
-        check_train(train)
-        o = self.options
-        samples = list(train)
-        in_ch = o["in_channels"]
-        if in_ch is None:
-            in_ch = max(1 if s.image.ndim == 2 else s.image.shape[-1] for s in samples)
-            o["in_channels"] = int(in_ch)
-        fit_samples, val = validation_split(samples, o)
-        images = [normalize_image(s.image, in_ch) for s in fit_samples]
-        targets = [self._targets(s.labels) for s in fit_samples]
-        weights = level_weights(targets, int(o["levels"]))
-        device, precision = device_precision(o)
-        self.precision = precision
-        net = self._ensure_net(in_ch)
-        if device.type == "cpu":
-            net.to(memory_format=torch.channels_last)
-        rng = np.random.default_rng(int(o["seed"]))
-        bs, crop = int(o["batch_size"]), int(o["crop"])
-        steps = o["steps_per_epoch"] or max(1, math.ceil(len(fit_samples) / bs))
-        opt = torch.optim.AdamW(net.parameters(), lr=float(o["lr"]), weight_decay=o["weight_decay"])
-        probs = area_weights(images)
+        o, net, rng, device = self.options, fit.net, fit.rng, fit.device
+        weights = level_weights(fit.targets, int(o["levels"]))
+        fit.info["level_weights"] = [float(v) for v in weights]
         class_w = torch.from_numpy(weights).to(device)
         teacher, w_dir, w_energy = (
             float(o["teacher"]),
             float(o["direction_weight"]),
             float(o["energy_weight"]),
         )
-        lr_at = cosine_lr(opt, float(o["lr"]))
+        lr_at = fit.set_lr
         progress_frac = [0.0]
 
         def set_lr(frac):
             progress_frac[0] = frac
             lr_at(frac)
 
+        fit.set_lr = set_lr
+
         def step_fn(step):
             xs, ys = [], []
-            for i in rng.choice(len(images), size=bs, p=probs):
-                x, y = flip_rot_targets(*random_crop([images[i], targets[i]], crop, rng), rng)
+            for i in rng.choice(len(fit.images), size=fit.bs, p=fit.probs):
+                crops = random_crop([fit.images[i], fit.targets[i]], fit.crop, rng)
+                x, y = flip_rot_targets(*crops, rng)
                 xs.append(x)
                 ys.append(y)
             p_true = max(0.0, 1.0 - progress_frac[0] / teacher) if teacher > 0 else 0.0
-            use_true = rng.random(bs) < p_true
+            use_true = rng.random(fit.bs) < p_true
             x = to_device(np.stack(xs), device)
             y = torch.from_numpy(np.stack(ys)).to(device)
             fg_t, dir_t, valid, level = y[:, :1], y[:, 1:3], y[:, 3:4], y[:, 4].long()
             net.train()
-            with autocast(device, precision):
+            with autocast(device, fit.precision):
                 raw = net.direction(x)
                 fg_logit, u = raw[:, :1], net.unit(raw[:, 1:3].float())
                 wtn_in = net.wtn_input(fg_logit.float(), u)
@@ -460,31 +438,9 @@ class DWTSegmenter(DenseSegmenter):
             cos = (u.float() * dir_t).sum(dim=1, keepdim=True)
             loss_dir = ((1.0 - cos) * valid).sum() / valid.sum().clamp(min=1.0)
             loss_e = F.cross_entropy(e_logits.float(), level, weight=class_w)
-            return optimizer_step(opt, loss_fg + w_dir * loss_dir + w_energy * loss_e)
+            return optimizer_step(fit.opt, loss_fg + w_dir * loss_dir + w_energy * loss_e)
 
-        with seeded(int(o["seed"]) + 1):
-            self.info = fit_validated(
-                o,
-                val,
-                step_fn,
-                steps,
-                net,
-                lambda image: self._payload(self.predict_maps(image)),
-                self._instances,
-                self._tune_grid(),
-                epochs=epochs,
-                budget_minutes=budget_minutes,
-                t_start=t_start,
-                set_lr=set_lr,
-                precision=precision,
-                device=device,
-                progress=progress,
-                desc=f"{self.name} fit",
-                train_images=len(fit_samples),
-                level_weights=[float(v) for v in weights],
-            )
-        if workdir is not None:
-            self.save(Path(workdir) / "model")
+        return step_fn
 
     def _tune_grid(self) -> dict:
         top = int(self.options["levels"]) - 1
