@@ -499,17 +499,23 @@ class DenseSegmenter(Segmenter):
         grid["min_size"] = [4, 8, 16, 32, 64]
         return grid
 
-    def predict_maps(self, image: np.ndarray) -> np.ndarray:
-        """Image -> K x H x W probabilities (the channels named in ``outputs``)."""
-        import torch
-
+    def _prediction_input(self, image: np.ndarray):
+        """(device, precision, normalised C x H x W image, network in eval mode) for
+        prediction; CellsynthError when there is no trained network."""
         if self.net is None:
             raise CellsynthError(f"{self.name}: model is not trained; call fit() or load() first")
         o = self.options
         device, precision = device_precision(o, getattr(self, "precision", None))
         x = normalize_image(image, int(o["in_channels"]))
-        net = self.net
-        net.eval()
+        self.net.eval()
+        return device, precision, x, self.net
+
+    def predict_maps(self, image: np.ndarray) -> np.ndarray:
+        """Image -> K x H x W probabilities (the channels named in ``outputs``)."""
+        import torch
+
+        device, precision, x, net = self._prediction_input(image)
+        o = self.options
 
         def fn(tile):
             t = to_device(tile, device)

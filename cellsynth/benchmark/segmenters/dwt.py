@@ -50,8 +50,6 @@ from scipy import ndimage as ndi
 from cellsynth.benchmark.segmenters._fitting import autocast
 from cellsynth.benchmark.segmenters._torchutil import (
     DenseSegmenter,
-    device_precision,
-    normalize_image,
     optimizer_step,
     predict_tiled,
     random_crop,
@@ -457,13 +455,8 @@ class DWTSegmenter(DenseSegmenter):
         (y, x), energy: K x H x W level probabilities)."""
         import torch
 
-        if self.net is None:
-            raise CellsynthError(f"{self.name}: model is not trained; call fit() or load() first")
+        device, precision, x, net = self._prediction_input(image)
         o = self.options
-        device, precision = device_precision(o, getattr(self, "precision", None))
-        x = normalize_image(image, int(o["in_channels"]))
-        net = self.net
-        net.eval()
 
         def fn(tile):
             t = to_device(tile, device)
