@@ -99,9 +99,8 @@ def main():
         if log:
             with log.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-    best = min(
-        (r for r in rows if r["snapshot"] in {str(p) for _, p in found}), key=lambda r: r["w1_mean"]
-    )
+    measured = {str(p) for _, p in found}
+    best = min((r for r in rows if r["snapshot"] in measured), key=lambda r: r["w1_mean"])
     print(json.dumps({"best": best}), flush=True)
 
 

@@ -71,13 +71,11 @@ def synth(
     shard = opts.run.shard
     gen = inputs.generator
     encoding = gen.encoding if gen is not None else None
-    classes = gen.seed_classes(seed_list, opts.gan.class_idx) if gen is not None else None
-    names = (gen.classes or []) if gen is not None else []
-    seed_class = (
-        {s: names[c] if c < len(names) else str(c) for s, c in zip(seed_list, classes)}
-        if classes is not None
-        else None
-    )
+    seed_class = None  # a conditional generator: each seed's class, by name
+    if gen is not None and gen.num_classes:
+        names = gen.classes or []
+        drawn = gen.seed_classes(seed_list, opts.gan.class_idx)
+        seed_class = {s: names[c] if c < len(names) else str(c) for s, c in zip(seed_list, drawn)}
     plan = Plan(str(out), opts, inputs.mask_files, encoding, seed_class)
     facts = None
     # the cluster is reached before --out is touched: a bad address leaves nothing behind

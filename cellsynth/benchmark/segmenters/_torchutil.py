@@ -28,7 +28,7 @@ from cellsynth.benchmark.segmenters._fitting import (
 from cellsynth.benchmark.segmenters._instances import instance_targets, maps_to_instances
 from cellsynth.benchmark.segmenters.base import Segmenter
 from cellsynth.datasets.io import channels_first
-from cellsynth.errors import CellsynthError
+from cellsynth.errors import CellsynthError, first_line
 
 WEIGHTS = "weights.pt"
 OPTIONS = "options.json"
@@ -270,7 +270,10 @@ def load_weights(path, name: str) -> tuple[dict, dict, dict]:
 
 
 def load_state_dict_file(path) -> dict:
-    """torch.load(path, weights_only=True) -> dict of tensors, with clear errors."""
+    """torch.load(path, weights_only=True) -> dict of tensors, with clear one-line errors.
+
+    A training checkpoint that keeps the state dict under ``model`` or ``model_state_dict``
+    (torchvision's references, EmbedSeg) gives that state dict."""
     import torch
 
     path = Path(path)
@@ -278,13 +281,15 @@ def load_state_dict_file(path) -> dict:
         raise CellsynthError(f"{path}: weights file not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a pickle with code, or not a torch file at all
         raise CellsynthError(
-            f"{path}: cannot load weights ({type(exc).__name__}: {exc}); "
-            "is it a torch state_dict file?"
+            f"{path}: cannot load weights as weights only "
+            f"({first_line(exc, type(exc).__name__)}); is it a torch state_dict file?"
         ) from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
+    for key in ("model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
     if not isinstance(state, dict):
         raise CellsynthError(f"{path}: expected a state_dict (dict of tensors)")
     return state

@@ -66,6 +66,7 @@ from cellsynth.benchmark.segmenters._torchutil import (
     device_precision,
     get_device,
     load_state_checked,
+    load_state_dict_file,
     load_weights,
     normalize_image,
     optimizer_step,
@@ -77,7 +78,7 @@ from cellsynth.benchmark.segmenters._torchutil import (
     to_device,
 )
 from cellsynth.benchmark.segmenters.base import Segmenter, register
-from cellsynth.errors import CellsynthError, first_line
+from cellsynth.errors import CellsynthError
 from cellsynth.tools.labels import relabel_sequential
 
 INSTALL = "pip install 'cellsynth[embedseg]' && pip install --no-deps EmbedSeg==0.2.3"
@@ -505,23 +506,14 @@ def pretrained_state(spec) -> dict:
     """The BranchedERFNet state dict in a local EmbedSeg checkpoint: EmbedSeg's own training
     saves ``{"model_state_dict": ..., "optim_state_dict": ..., ...}`` from a ``DataParallel``
     model (keys prefixed ``module.``); a bare state dict works too. Loaded with
-    ``weights_only=True``; anything else is one clear error."""
-    import torch
-
+    ``weights_only=True`` (:func:`load_state_dict_file`); anything else is one clear error."""
     path = Path(os.path.expanduser(str(spec)))
     if not path.is_file():
         raise CellsynthError(
             f"embedseg: pretrained model {path} not found; put an EmbedSeg checkpoint there (its "
             "training writes best_iou_model.pth); nothing is downloaded"
         )
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a pickle with code, or not a torch file at all
-        raise CellsynthError(
-            f"embedseg: {path} does not load as weights only ({first_line(exc, type(exc).__name__)}); "
-            "save its model_state_dict alone with torch.save"
-        ) from None
-    state = data.get("model_state_dict", data) if isinstance(data, dict) else None
+    state = load_state_dict_file(path)
     if not state or not all(hasattr(v, "shape") for v in state.values()):
         raise CellsynthError(f"embedseg: {path} holds no state dict of tensors")
     state = {k.removeprefix("module."): v for k, v in state.items()}
