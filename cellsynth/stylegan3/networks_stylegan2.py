@@ -31,6 +31,20 @@ def check_resolution(img_resolution: int, img_channels: int) -> None:
         raise CellsynthError(f"image channels must be >= 1, got {img_channels}")
 
 
+def synthesis_fused_modconv(net: nn.Module, ws: torch.Tensor, noise_mode: str) -> bool:
+    """Check a synthesis network's ``forward`` arguments (``noise_mode`` one of NOISE_MODES, ``ws``
+    [N, net.num_ws, net.w_dim]) and say whether its layers use the fused modulated conv:
+    ``net.fused_modconv`` when set, else one grouped conv for CUDA inference and the shared conv
+    when training and on the CPU (faster there)."""
+    if noise_mode not in NOISE_MODES:
+        raise CellsynthError(f"unknown noise_mode {noise_mode!r}; use one of {NOISE_MODES}")
+    if ws.ndim != 3 or ws.shape[1:] != (net.num_ws, net.w_dim):
+        raise CellsynthError(f"ws must be [N, {net.num_ws}, {net.w_dim}], got {tuple(ws.shape)}")
+    if net.fused_modconv is not None:
+        return net.fused_modconv
+    return not torch.is_grad_enabled() and ws.is_cuda
+
+
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
     """Scale x so that the mean of its squares along ``dim`` is 1."""
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
@@ -492,16 +506,8 @@ class SynthesisNetwork2(nn.Module):
 
     def forward(self, ws, noise_mode="const", update_emas=False):
         """ws [N, num_ws, w_dim] -> images [N, img_channels, R, R] (float32)."""
-        if noise_mode not in NOISE_MODES:
-            raise CellsynthError(f"unknown noise_mode {noise_mode!r}; use one of {NOISE_MODES}")
-        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
-            raise CellsynthError(
-                f"ws must be [N, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}"
-            )
+        fused = synthesis_fused_modconv(self, ws, noise_mode)
         ws = ws.to(torch.float32)
-        fused = self.fused_modconv
-        if fused is None:  # one grouped conv for CUDA inference; shared conv when training and on
-            fused = not torch.is_grad_enabled() and ws.is_cuda  # the CPU (faster there)
         x = img = None
         w_idx = 0
         for block in self.blocks:

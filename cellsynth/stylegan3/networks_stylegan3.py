@@ -23,11 +23,11 @@ from torch import nn
 
 from cellsynth.errors import CellsynthError
 from cellsynth.stylegan3.networks_stylegan2 import (
-    NOISE_MODES,
     FullyConnectedLayer,
     check_resolution,
     layer_dtype,
     modulated_conv2d,
+    synthesis_fused_modconv,
 )
 from cellsynth.stylegan3.ops import filtered_lrelu
 
@@ -332,15 +332,7 @@ class SynthesisNetwork3(nn.Module):
 
     def forward(self, ws, noise_mode="const", update_emas=False):
         """ws [N, num_ws, w_dim] -> images [N, img_channels, R, R] (float32)."""
-        if noise_mode not in NOISE_MODES:
-            raise CellsynthError(f"unknown noise_mode {noise_mode!r}; use one of {NOISE_MODES}")
-        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
-            raise CellsynthError(
-                f"ws must be [N, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}"
-            )
-        fused = self.fused_modconv
-        if fused is None:  # grouped conv for CUDA inference; on the CPU the shared conv is faster
-            fused = not torch.is_grad_enabled() and ws.is_cuda
+        fused = synthesis_fused_modconv(self, ws, noise_mode)
         ws = ws.to(torch.float32).unbind(dim=1)
         x = self.input(ws[0])
         for layer, w in zip(self.layers, ws[1:]):
