@@ -304,12 +304,51 @@ def load_state_checked(module, state: dict, what: str) -> None:
         raise CellsynthError(f"{what} ({str(exc).splitlines()[0]})") from None
 
 
+def saved_in_channels(path, options: dict) -> int:
+    """The input channels in the saved ``options`` of folder ``path`` (CellsynthError without)."""
+    if options.get("in_channels") is None:
+        raise CellsynthError(f"{path}: options.json lacks in_channels")
+    return int(options["in_channels"])
+
+
 def check_train(train) -> None:
     if train is None or len(train) == 0:
         raise CellsynthError("training set is empty; give a split folder with images and masks")
 
 
-class DenseSegmenter(Segmenter):
+class TorchNetSegmenter(Segmenter):
+    """A segmenter whose trained state is one torch module, the attribute named by ``net_attr``
+    (None until fit): saved as that module's weights with the options and info
+    (:func:`save_weights`), loaded by rebuilding the module from the saved options
+    (``_rebuild``, which subclasses implement) and giving it the saved weights."""
+
+    net_attr = "net"
+
+    @classmethod
+    def _rebuild(cls, path: Path, options: dict):
+        """(segmenter, its fresh torch module) for the ``options`` saved in folder ``path``."""
+        raise NotImplementedError
+
+    def save(self, path: str | os.PathLike) -> None:
+        net = getattr(self, self.net_attr)
+        if net is None:
+            raise CellsynthError(f"{self.name}: nothing to save; call fit() first")
+        save_weights(path, net.state_dict(), self.options, self.info)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        state, options, info = load_weights(path, cls.name)
+        seg, net = cls._rebuild(path, options)
+        load_state_checked(
+            net,
+            state,
+            f"{path}: weights do not fit the {cls.name} network described by options.json",
+        )
+        seg.info = info
+        return seg
+
+
+class DenseSegmenter(TorchNetSegmenter):
     """Shared body of segmenters that predict dense maps (foreground, boundary, distance)
     from a torch network, trained on random crops, predicted by tiles, then watershed.
 
@@ -550,22 +589,7 @@ class DenseSegmenter(Segmenter):
         """H x W (x C) image -> uint16 instance labels H x W."""
         return self._instances(dict(zip(self.outputs, self.predict_maps(image))), self.options)
 
-    def save(self, path: str | os.PathLike) -> None:
-        if self.net is None:
-            raise CellsynthError(f"{self.name}: nothing to save; call fit() first")
-        save_weights(path, self.net.state_dict(), self.options, self.info)
-
     @classmethod
-    def load(cls, path: str | os.PathLike):
-        state, options, info = load_weights(path, cls.name)
+    def _rebuild(cls, path, options: dict):
         seg = cls(**options)
-        if options.get("in_channels") is None:
-            raise CellsynthError(f"{path}: options.json lacks in_channels")
-        net = seg._ensure_net(int(options["in_channels"]))
-        load_state_checked(
-            net,
-            state,
-            f"{path}: weights do not fit the {cls.name} network described by options.json",
-        )
-        seg.info = info
-        return seg
+        return seg, seg._ensure_net(saved_in_channels(path, options))

@@ -60,6 +60,7 @@ import numpy as np
 
 from cellsynth.benchmark.segmenters._fitting import autocast, fit_validated, validation_split
 from cellsynth.benchmark.segmenters._torchutil import (
+    TorchNetSegmenter,
     area_weights,
     check_train,
     cosine_lr,
@@ -67,17 +68,16 @@ from cellsynth.benchmark.segmenters._torchutil import (
     get_device,
     load_state_checked,
     load_state_dict_file,
-    load_weights,
     normalize_image,
     optimizer_step,
     predict_tiled,
     random_crop,
     random_flip_rot,
-    save_weights,
+    saved_in_channels,
     seeded,
     to_device,
 )
-from cellsynth.benchmark.segmenters.base import Segmenter, register
+from cellsynth.benchmark.segmenters.base import register
 from cellsynth.errors import CellsynthError
 from cellsynth.tools.labels import relabel_sequential
 
@@ -252,7 +252,7 @@ def _loss(criterion, prediction, instances, centers, weights: dict):
 
 
 @register
-class EmbedSegSegmenter(Segmenter):
+class EmbedSegSegmenter(TorchNetSegmenter):
     """EmbedSeg's BranchedERFNet trained from scratch within the budget (see the module
     docstring). Options: see ``DEFAULTS``."""
 
@@ -482,24 +482,13 @@ class EmbedSegSegmenter(Segmenter):
         return self._instances(self.predict_maps(image), self.options)
 
     # --- persistence -----------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        if self.net is None:
-            raise CellsynthError("embedseg: nothing to save; call fit() first")
-        save_weights(path, self.net.state_dict(), self.options, self.info)
-
     @classmethod
-    def load(cls, path: str | os.PathLike) -> EmbedSegSegmenter:
-        state, options, info = load_weights(path, cls.name)
-        if options.get("in_channels") is None:
-            raise CellsynthError(f"{path}: options.json lacks in_channels")
+    def _rebuild(cls, path, options: dict):
+        in_channels = saved_in_channels(path, options)
         seg = cls(**{**options, "pretrained": None})  # the saved weights replace the start point
-        net = seg._ensure_net(int(options["in_channels"]))
-        load_state_checked(
-            net, state, f"{path}: weights do not fit the embedseg network described by options"
-        )
+        net = seg._ensure_net(in_channels)
         seg.options["pretrained"] = options.get("pretrained")
-        seg.info = info
-        return seg
+        return seg, net
 
 
 def pretrained_state(spec) -> dict:

@@ -35,22 +35,20 @@ import torch.nn.functional as F
 
 from cellsynth.benchmark.segmenters._fitting import autocast, fit_validated, validation_split
 from cellsynth.benchmark.segmenters._torchutil import (
+    TorchNetSegmenter,
     area_weights,
     check_train,
     cosine_lr,
     device_precision,
     get_device,
-    load_state_checked,
     load_state_dict_file,
-    load_weights,
     normalize_image,
     optimizer_step,
     random_crop,
     random_flip_rot,
-    save_weights,
     seeded,
 )
-from cellsynth.benchmark.segmenters.base import Segmenter, register
+from cellsynth.benchmark.segmenters.base import register
 from cellsynth.errors import CellsynthError
 from cellsynth.tools.labels import relabel_sequential
 
@@ -335,13 +333,14 @@ def paint_instances(
 
 
 @register
-class MaskRCNNSegmenter(Segmenter):
+class MaskRCNNSegmenter(TorchNetSegmenter):
     """torchvision Mask R-CNN trained on the benchmark split (see the module docstring)."""
 
     name = "maskrcnn"
     requires = "torchvision (pip install 'cellsynth[benchmark]')"
     trainable = True
     DEFAULTS = DEFAULTS
+    net_attr = "model"
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -496,18 +495,7 @@ class MaskRCNNSegmenter(Segmenter):
         """H x W (x C) image -> uint16 instance labels H x W."""
         return self._paint(self._raw(image), self.options)
 
-    def save(self, path: str | os.PathLike) -> None:
-        if self.model is None:
-            raise CellsynthError("maskrcnn: nothing to save; call fit() first")
-        save_weights(path, self.model.state_dict(), self.options, self.info)
-
     @classmethod
-    def load(cls, path: str | os.PathLike):
-        state, options, info = load_weights(path, cls.name)
+    def _rebuild(cls, path, options: dict):
         seg = cls(**options)
-        model = seg._ensure_model(load_pretrained=False)
-        load_state_checked(
-            model, state, f"{path}: weights do not fit the maskrcnn network in options.json"
-        )
-        seg.info = info
-        return seg
+        return seg, seg._ensure_model(load_pretrained=False)
