@@ -90,6 +90,48 @@ def disks_dataset(root: Path, n: int):
     return CanonicalDataset(root, "train")
 
 
+def fit_segmenter(tmp_path_factory, data, name: str, epochs: int, **options):
+    """Segmenter ``name`` made with ``options`` and fitted on ``data`` for ``epochs`` in a fresh
+    work folder (which keeps its model under ``model/``): (segmenter, work folder)."""
+    from cellsynth.benchmark.segmenters import make_segmenter
+
+    seg = make_segmenter(name, **options)
+    work = tmp_path_factory.mktemp(f"{name}-work")
+    seg.fit(data, work, epochs=epochs, progress=False)
+    return seg, work
+
+
+def check_labels(lab, shape):
+    """``lab`` is a uint16 or uint32 label image of ``shape``, its objects numbered 1..N."""
+    assert lab.dtype in (np.uint16, np.uint32) and lab.shape == shape
+    ids = np.unique(lab[lab > 0])
+    assert np.array_equal(ids, np.arange(1, len(ids) + 1))
+
+
+def check_odd_inputs(seg, image, tiled=None):
+    """``seg`` gives valid labels of the right shape for a 50 x 45 crop of ``image`` (odd sizes),
+    for ``image`` with a trailing channel axis and, with ``tiled`` (H, W), for ``image`` repeated
+    2 x 3 times and cut to H x W (an image of several tiles)."""
+    odd = np.ascontiguousarray(image[:50, :45])
+    check_labels(seg.predict(odd), odd.shape)
+    check_labels(seg.predict(image[..., None]), image.shape)
+    if tiled is not None:
+        big = np.tile(image, (2, 3))[: tiled[0], : tiled[1]]
+        check_labels(seg.predict(big), big.shape)
+
+
+def check_reload(seg, folder: Path, image, expected) -> None:
+    """The saved model in ``folder`` holds only tensors, loads back with ``seg``'s options and
+    predicts ``expected`` for ``image``."""
+    import torch
+
+    state = torch.load(folder / "weights.pt", weights_only=True)
+    assert state and all(isinstance(v, torch.Tensor) for v in state.values())
+    again = type(seg).load(folder)
+    assert again.options == seg.options
+    np.testing.assert_array_equal(again.predict(image), expected)
+
+
 # A Mask R-CNN small enough to train on 64 x 64 disks on the CPU in seconds (each test file adds
 # its own detection limits and learning rate).
 SMALL_MASKRCNN = dict(

@@ -11,7 +11,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import disks_dataset, disks_labels, disks_sample  # noqa: E402
+from conftest import (  # noqa: E402
+    check_odd_inputs,
+    check_reload,
+    disks_dataset,
+    disks_labels,
+    disks_sample,
+    fit_segmenter,
+)
 from scipy import ndimage as ndi  # noqa: E402
 
 from cellsynth.benchmark.metrics import average_precision  # noqa: E402
@@ -207,16 +214,7 @@ def test_cut_details():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     ds = disks_dataset(tmp_path_factory.mktemp("dwt") / "ds", 6)
-    seg = make_segmenter("dwt", **TINY)
-    work = tmp_path_factory.mktemp("dwt-work")
-    seg.fit(ds, work, epochs=60, progress=False)
-    return seg, work
-
-
-def _labels_ok(lab, shape):
-    assert lab.dtype in (np.uint16, np.uint32) and lab.shape == shape
-    ids = np.unique(lab[lab > 0])
-    assert np.array_equal(ids, np.arange(1, len(ids) + 1))
+    return fit_segmenter(tmp_path_factory, ds, "dwt", 60, **TINY)
 
 
 @pytest.mark.slow
@@ -246,12 +244,7 @@ def test_fit_learns_and_predicts(trained):
     assert maps["energy"].shape == (TINY["levels"], 64, 64)
     np.testing.assert_allclose(maps["energy"].sum(axis=0), 1.0, atol=1e-4)
     # odd sizes, a trailing channel axis, and an image of several tiles
-    image = fresh[0].image
-    odd = np.ascontiguousarray(image[:50, :45])
-    _labels_ok(seg.predict(odd), odd.shape)
-    _labels_ok(seg.predict(image[..., None]), image.shape)
-    big = np.tile(image, (2, 3))[:120, :170]
-    _labels_ok(seg.predict(big), big.shape)
+    check_odd_inputs(seg, fresh[0].image, tiled=(120, 170))
 
 
 @pytest.mark.slow
@@ -259,13 +252,9 @@ def test_save_reload_same_predictions(trained, tmp_path):
     seg, work = trained
     folder = work / "model"
     assert {p.name for p in folder.iterdir()} >= {"weights.pt", "options.json", "info.json"}
-    state = torch.load(folder / "weights.pt", weights_only=True)
-    assert state and all(isinstance(v, torch.Tensor) for v in state.values())
     assert json.loads((folder / "options.json").read_text())["levels"] == TINY["levels"]
     image = disks_sample(42).image
-    again = DWTSegmenter.load(folder)
-    assert again.options == seg.options
-    np.testing.assert_array_equal(again.predict(image), seg.predict(image))
+    check_reload(seg, folder, image, seg.predict(image))
     seg.save(tmp_path / "copy")
     np.testing.assert_array_equal(
         DWTSegmenter.load(tmp_path / "copy").predict(image), seg.predict(image)

@@ -12,7 +12,15 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("EmbedSeg.models.BranchedERFNet", reason="EmbedSeg is not installed")
 
-from conftest import disks_dataset, disks_labels, disks_sample  # noqa: E402
+from conftest import (  # noqa: E402
+    check_labels,
+    check_odd_inputs,
+    check_reload,
+    disks_dataset,
+    disks_labels,
+    disks_sample,
+    fit_segmenter,
+)
 
 from cellsynth.benchmark.metrics import average_precision  # noqa: E402
 from cellsynth.benchmark.segmenters import make_segmenter  # noqa: E402
@@ -38,16 +46,7 @@ def disks(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(disks, tmp_path_factory):
     """One model trained for 180 steps of 2 x 64^2 (shared by the tests below)."""
-    seg = make_segmenter("embedseg", **TINY)
-    work = tmp_path_factory.mktemp("es-work")
-    seg.fit(disks, work, epochs=60, progress=False)
-    return seg, work
-
-
-def _labels_ok(lab, shape):
-    assert lab.dtype in (np.uint16, np.uint32) and lab.shape == shape
-    ids = np.unique(lab[lab > 0])
-    assert np.array_equal(ids, np.arange(1, len(ids) + 1))
+    return fit_segmenter(tmp_path_factory, disks, "embedseg", 60, **TINY)
 
 
 def _ap50(truth, pred) -> float:
@@ -72,26 +71,16 @@ def test_fit_learns_and_round_trips(trained, tmp_path):
     fresh = [disks_sample(90 + i) for i in range(3)]
     labs = [seg.predict(s.image) for s in fresh]
     for s, lab in zip(fresh, labs):
-        _labels_ok(lab, s.image.shape)
+        check_labels(lab, s.image.shape)
     untrained = make_segmenter("embedseg", **TINY)
     untrained._ensure_net(1)
     truth = [s.labels for s in fresh]
     ap_untrained = _ap50(truth, [untrained.predict(s.image) for s in fresh])
     assert _ap50(truth, labs) > ap_untrained + 0.1
     # odd sizes, a 3-D single-channel image, and an image of several tiles
-    s = fresh[0]
-    odd = np.ascontiguousarray(s.image[:50, :45])
-    _labels_ok(seg.predict(odd), odd.shape)
-    _labels_ok(seg.predict(s.image[..., None]), s.image.shape)
-    big = np.tile(s.image, (2, 3))[:120, :150]
-    _labels_ok(seg.predict(big), big.shape)
+    check_odd_inputs(seg, fresh[0].image, tiled=(120, 150))
     # weights only on disk; the same predictions after a reload
-    assert (work / "model" / "weights.pt").is_file()
-    state = torch.load(work / "model" / "weights.pt", weights_only=True)
-    assert all(isinstance(v, torch.Tensor) for v in state.values())
-    again = EmbedSegSegmenter.load(work / "model")
-    assert again.options == seg.options
-    np.testing.assert_array_equal(again.predict(s.image), labs[0])
+    check_reload(seg, work / "model", fresh[0].image, labs[0])
 
 
 def _ideal_maps(labels: np.ndarray, n_sigma: int = 2, shift: float = 0.0) -> np.ndarray:
@@ -126,7 +115,7 @@ def test_clustering_of_ideal_embeddings(n_sigma):
     for lab in (disks_labels(3), disks_labels(4, size=100, n=12)[:90, :77], edge):
         for shift in (0.0, 12.0):  # 12: every centre is outside its object's box
             got = seg._instances(_ideal_maps(lab, n_sigma, shift), seg.options)
-            _labels_ok(got, lab.shape)
+            check_labels(got, lab.shape)
             assert _ap50(lab, got) == 1.0
     # min_object_size drops the objects of at most that many pixels
     lab = disks_labels(3)

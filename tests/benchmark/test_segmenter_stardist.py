@@ -10,7 +10,14 @@ import pytest
 
 pytest.importorskip("stardist")
 
-from conftest import disks_dataset, disks_sample  # noqa: E402
+from conftest import (  # noqa: E402
+    check_labels,
+    check_odd_inputs,
+    check_reload,
+    disks_dataset,
+    disks_sample,
+    fit_segmenter,
+)
 
 from cellsynth.benchmark.metrics import average_precision  # noqa: E402
 from cellsynth.benchmark.segmenters import make_segmenter  # noqa: E402
@@ -37,16 +44,9 @@ def disks(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(disks, tmp_path_factory):
     """One tiny model trained for 300 steps (shared by the tests below)."""
-    seg = make_segmenter("stardist", **TINY, lr=3e-3, val_fraction=0.2)
-    work = tmp_path_factory.mktemp("sd-work")
-    seg.fit(disks, work, epochs=150, progress=False)
-    return seg, work
-
-
-def _labels_ok(lab, shape):
-    assert lab.dtype in (np.uint16, np.uint32) and lab.shape == shape
-    ids = np.unique(lab[lab > 0])
-    assert np.array_equal(ids, np.arange(1, len(ids) + 1))
+    return fit_segmenter(
+        tmp_path_factory, disks, "stardist", 150, **TINY, lr=3e-3, val_fraction=0.2
+    )
 
 
 @pytest.mark.slow
@@ -61,24 +61,15 @@ def test_fit_learns_and_round_trips(trained, disks, tmp_path):
     # and on a fresh image it does better than the same network untrained
     s = disks_sample(99)
     lab = seg.predict(s.image)
-    _labels_ok(lab, s.image.shape)
+    check_labels(lab, s.image.shape)
     untrained = make_segmenter("stardist", **TINY, lr=3e-3, val_fraction=0.2)
     untrained._ensure_model(1)
     ap_untrained = average_precision(s.labels, untrained.predict(s.image), [0.5])[0][0]
     assert average_precision(s.labels, lab, [0.5])[0][0] > ap_untrained + 0.2
     # odd sizes and 3-D single-channel images
-    odd = np.ascontiguousarray(s.image[:50, :45])
-    _labels_ok(seg.predict(odd), odd.shape)
-    _labels_ok(seg.predict(s.image[..., None]), s.image.shape)
+    check_odd_inputs(seg, s.image)
     # weights only on disk; the same predictions after a reload
-    assert (work / "model" / "weights.pt").is_file()
-    import torch
-
-    state = torch.load(work / "model" / "weights.pt", weights_only=True)
-    assert all(isinstance(v, torch.Tensor) for v in state.values())
-    again = StarDistSegmenter.load(work / "model")
-    assert again.options == seg.options
-    np.testing.assert_array_equal(again.predict(s.image), lab)
+    check_reload(seg, work / "model", s.image, lab)
 
 
 def test_pretrained_local_folder(tmp_path, disks):
@@ -100,7 +91,7 @@ def test_pretrained_local_folder(tmp_path, disks):
         normalize(img.astype(np.float32), 1, 99.8), prob_thresh=0.6, nms_thresh=0.3
     )
     got = seg.predict(img)
-    _labels_ok(got, img.shape)
+    check_labels(got, img.shape)
     assert (got > 0).sum() == (want > 0).sum()
     again = StarDistSegmenter.load(tmp_path / "work" / "model")
     np.testing.assert_array_equal(again.predict(img), got)

@@ -11,7 +11,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import SMALL_MASKRCNN, disks_dataset, disks_labels, disks_sample  # noqa: E402
+from conftest import (  # noqa: E402
+    SMALL_MASKRCNN,
+    check_labels,
+    disks_dataset,
+    disks_labels,
+    disks_sample,
+)
 
 from cellsynth.benchmark.segmenters import make_segmenter  # noqa: E402
 from cellsynth.benchmark.segmenters._instances import (  # noqa: E402
@@ -45,15 +51,6 @@ def tiny_dataset(tmp_path_factory):
     return disks_dataset(tmp_path_factory.mktemp("tiny") / "ds", 4)
 
 
-def check_labels_valid(lab, shape):
-    assert lab.dtype in (np.uint16, np.uint32)
-    assert lab.shape == shape
-    ids = np.unique(lab)
-    assert ids[0] == 0 or lab.min() > 0
-    nz = ids[ids > 0]
-    assert np.array_equal(nz, np.arange(1, len(nz) + 1))  # numbered 1..N
-
-
 # --- each segmenter: fit, predict, save/load round trip --------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["u2net", "unet", "maskrcnn", "cellpose"])
@@ -64,10 +61,10 @@ def test_fit_predict_save_load(name, tiny_dataset, tmp_path):
     assert (tmp_path / "work" / "model" / "weights.pt").is_file()
     image = tiny_dataset[0].image
     lab = seg.predict(image)
-    check_labels_valid(lab, image.shape)
+    check_labels(lab, image.shape)
     # odd-sized image: still H x W labels
     odd = np.ascontiguousarray(image[:50, :45])
-    check_labels_valid(seg.predict(odd), odd.shape)
+    check_labels(seg.predict(odd), odd.shape)
 
     seg.save(tmp_path / "saved")
     again = type(seg).load(tmp_path / "saved")
@@ -148,7 +145,7 @@ def test_cellpose_local_weights_by_path(tiny_dataset, tmp_path, monkeypatch):
     net.save_model(str(tmp_path / "my_model"))
     seg = make_segmenter("cellpose", model=str(tmp_path / "my_model"), diameter=12.0)
     lab = seg.predict(tiny_dataset[0].image)
-    check_labels_valid(lab, (64, 64))
+    check_labels(lab, (64, 64))
     seg.save(tmp_path / "saved")
     assert type(seg).load(tmp_path / "saved").options["model"] == str(tmp_path / "my_model")
 
@@ -384,4 +381,4 @@ def test_dense_fit_honours_budget(tiny_dataset):
 def test_fit_predict_cuda(name, tiny_dataset):
     seg = make_segmenter(name, **TINY[name], device="cuda")
     seg.fit(tiny_dataset, None, epochs=1, progress=False)
-    check_labels_valid(seg.predict(tiny_dataset[0].image), (64, 64))
+    check_labels(seg.predict(tiny_dataset[0].image), (64, 64))
