@@ -90,6 +90,12 @@ def disks_dataset(root: Path, n: int):
     return CanonicalDataset(root, "train")
 
 
+@pytest.fixture(scope="module")
+def disks(tmp_path_factory):
+    """A :func:`disks_dataset` of 6 images, written once for each test module that uses it."""
+    return disks_dataset(tmp_path_factory.mktemp("disks") / "ds", 6)
+
+
 def fit_segmenter(tmp_path_factory, data, name: str, epochs: int, **options):
     """Segmenter ``name`` made with ``options`` and fitted on ``data`` for ``epochs`` in a fresh
     work folder (which keeps its model under ``model/``): (segmenter, work folder)."""

@@ -14,7 +14,6 @@ torch = pytest.importorskip("torch")
 from conftest import (  # noqa: E402
     check_odd_inputs,
     check_reload,
-    disks_dataset,
     disks_labels,
     disks_sample,
     fit_segmenter,
@@ -212,9 +211,8 @@ def test_cut_details():
 
 # --- the segmenter -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    ds = disks_dataset(tmp_path_factory.mktemp("dwt") / "ds", 6)
-    return fit_segmenter(tmp_path_factory, ds, "dwt", 60, **TINY)
+def trained(disks, tmp_path_factory):
+    return fit_segmenter(tmp_path_factory, disks, "dwt", 60, **TINY)
 
 
 @pytest.mark.slow

@@ -16,7 +16,6 @@ from conftest import (  # noqa: E402
     check_labels,
     check_odd_inputs,
     check_reload,
-    disks_dataset,
     disks_labels,
     disks_sample,
     fit_segmenter,
@@ -36,11 +35,6 @@ from cellsynth.errors import CellsynthError  # noqa: E402
 
 # ERFNet has no width option: the network is EmbedSeg's own (2.3 M parameters), on small crops
 TINY = dict(crop=64, tile=64, overlap=16, batch_size=2, lr=5e-3, n_evals=3, val_fraction=0.2)
-
-
-@pytest.fixture(scope="module")
-def disks(tmp_path_factory):
-    return disks_dataset(tmp_path_factory.mktemp("es") / "ds", 6)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from conftest import (  # noqa: E402
     check_labels,
     check_odd_inputs,
     check_reload,
-    disks_dataset,
     disks_sample,
     fit_segmenter,
 )
@@ -34,11 +33,6 @@ except ImportError:
     pytest.skip("tensorflow is not installed", allow_module_level=True)
 
 TINY = dict(patch=64, unet_depth=2, unet_filters=8, n_rays=16, batch_size=4, n_evals=2)
-
-
-@pytest.fixture(scope="module")
-def disks(tmp_path_factory):
-    return disks_dataset(tmp_path_factory.mktemp("sd") / "ds", 6)
 
 
 @pytest.fixture(scope="module")
