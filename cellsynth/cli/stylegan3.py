@@ -2,6 +2,8 @@
 
 import click
 
+from cellsynth.stylegan3.configs import ARCH_DEFAULTS, CONFIGS
+
 
 @click.group()
 def stylegan3():
@@ -14,7 +16,7 @@ def stylegan3():
     "--cfg",
     default="stylegan3-t",
     show_default=True,
-    type=click.Choice(["stylegan3-t", "stylegan3-r", "stylegan2"]),
+    type=click.Choice(CONFIGS),
 )
 @click.option("--data", required=True, type=click.Path(), help="Masks zip (dataset pack).")
 @click.option("--gpus", default=1, show_default=True, type=click.IntRange(min=1))
@@ -49,13 +51,21 @@ def stylegan3():
     help="Snapshot path, or 'latest' (newest in --outdir); a snapshot of a run folder in "
     "--outdir continues in that folder.",
 )
-@click.option("--cbase", default=32768, show_default=True, type=click.IntRange(min=1))
-@click.option("--cmax", default=512, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--cbase", default=ARCH_DEFAULTS["cbase"], show_default=True, type=click.IntRange(min=1)
+)
+@click.option(
+    "--cmax", default=ARCH_DEFAULTS["cmax"], show_default=True, type=click.IntRange(min=1)
+)
 @click.option(
     "--map-depth", default=None, type=click.IntRange(min=1), help="[default: 2 sg3, 8 sg2]"
 )
-@click.option("--z-dim", default=512, show_default=True, type=click.IntRange(min=1))
-@click.option("--w-dim", default=512, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--z-dim", default=ARCH_DEFAULTS["z_dim"], show_default=True, type=click.IntRange(min=1)
+)
+@click.option(
+    "--w-dim", default=ARCH_DEFAULTS["w_dim"], show_default=True, type=click.IntRange(min=1)
+)
 @click.option("--glr", default=None, type=float, help="[default: 0.0025 sg3, 0.002 sg2]")
 @click.option("--dlr", default=0.002, show_default=True, type=float)
 @click.option("--cond", is_flag=True, help="Condition on the zip's class labels.")

@@ -12,10 +12,9 @@ import torch
 from torch import nn
 
 from cellsynth.errors import CellsynthError
+from cellsynth.stylegan3.configs import ARCH_DEFAULTS, CONFIGS
 from cellsynth.stylegan3.networks_stylegan2 import Discriminator, MappingNetwork, SynthesisNetwork2
 from cellsynth.stylegan3.networks_stylegan3 import SynthesisNetwork3
-
-CONFIGS = ("stylegan3-t", "stylegan3-r", "stylegan2")
 
 __all__ = ["CONFIGS", "Discriminator", "Generator", "build_networks"]
 
@@ -142,17 +141,11 @@ def build_networks(
     img_resolution=256,
     img_channels=1,
     c_dim=0,
-    cbase=32768,
-    cmax=512,
-    map_depth=None,
-    z_dim=512,
-    w_dim=512,
-    mbstd_group_size=4,
-    num_fp16_res=4,
-    conv_clamp=256,
+    *,
     seed=None,
     g_kwargs=None,
     d_kwargs=None,
+    **arch,
 ):
     """Build a generator and a discriminator with the usual per-config defaults.
 
@@ -164,9 +157,10 @@ def build_networks(
     Args:
         cfg: "stylegan3-t", "stylegan3-r" or "stylegan2".
         img_resolution, img_channels, c_dim: data shape and conditioning size.
-        cbase, cmax: channel budget; map_depth: mapping layers (None = per-config default).
-        z_dim, w_dim: latent sizes; mbstd_group_size: discriminator minibatch-std group.
-        num_fp16_res, conv_clamp: mixed precision options.
+        **arch: the keys of ``ARCH_DEFAULTS``: cbase, cmax (channel budget); map_depth
+            (mapping layers, None = per-config default); z_dim, w_dim (latent sizes);
+            mbstd_group_size (discriminator minibatch-std group); num_fp16_res, conv_clamp
+            (mixed precision).
         seed: if given, the initial weights come from torch.manual_seed(seed) (global RNG kept).
         g_kwargs, d_kwargs: extra options for Generator / Discriminator.
 
@@ -175,11 +169,20 @@ def build_networks(
     """
     if cfg not in CONFIGS:
         raise CellsynthError(f"unknown config {cfg!r}; use one of {', '.join(CONFIGS)}")
+    unknown = sorted(set(arch) - set(ARCH_DEFAULTS))
+    if unknown:
+        raise CellsynthError(
+            f"build_networks: unknown option(s) {', '.join(unknown)}; "
+            f"known: {', '.join(ARCH_DEFAULTS)}"
+        )
+    a = {**ARCH_DEFAULTS, **arch}
+    cbase, cmax, map_depth, z_dim, w_dim = (
+        a[k] for k in ("cbase", "cmax", "map_depth", "z_dim", "w_dim")
+    )
     g_cbase, g_cmax = (cbase * 2, cmax * 2) if cfg == "stylegan3-r" else (cbase, cmax)
-    g_kw = dict(num_fp16_res=num_fp16_res, conv_clamp=conv_clamp)
-    g_kw.update(g_kwargs or {})
-    d_kw = dict(mbstd_group_size=mbstd_group_size, num_fp16_res=num_fp16_res, conv_clamp=conv_clamp)
-    d_kw.update(d_kwargs or {})
+    precision = {"num_fp16_res": a["num_fp16_res"], "conv_clamp": a["conv_clamp"]}
+    g_kw = {**precision, **(g_kwargs or {})}
+    d_kw = {"mbstd_group_size": a["mbstd_group_size"], **precision, **(d_kwargs or {})}
 
     def make():
         G = Generator(

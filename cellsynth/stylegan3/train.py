@@ -22,9 +22,9 @@ from pathlib import Path
 
 from cellsynth.errors import CellsynthError
 from cellsynth.precision import cpu_kind
+from cellsynth.stylegan3.configs import ARCH_DEFAULTS, CONFIGS, TRAIN_ARCH
 from cellsynth.training.rundir import RUN_FOLDER as _RUN
 
-CFGS = ("stylegan3-t", "stylegan3-r", "stylegan2")
 METRICS = ("none", "realism", "fid50k_full", "kid50k_full", "fid5k", "kid5k")
 
 
@@ -60,11 +60,7 @@ def default_options(**kw) -> dict:
         tick=4,
         snap=50,
         resume=None,
-        cbase=32768,
-        cmax=512,
-        map_depth=None,
-        z_dim=512,
-        w_dim=512,
+        **{k: ARCH_DEFAULTS[k] for k in TRAIN_ARCH},
         glr=None,
         dlr=0.002,
         cond=False,
@@ -94,8 +90,8 @@ def check_options(opts: dict) -> dict:
     from cellsynth.stylegan3.training_loop import CFG_DEFAULTS, training_precision
 
     opts = dict(opts)
-    if opts["cfg"] not in CFGS:
-        raise CellsynthError(f"unknown --cfg {opts['cfg']!r}; use one of {', '.join(CFGS)}")
+    if opts["cfg"] not in CONFIGS:
+        raise CellsynthError(f"unknown --cfg {opts['cfg']!r}; use one of {', '.join(CONFIGS)}")
     if not opts.get("outdir"):
         raise CellsynthError("--outdir is required")
     if not opts.get("data"):
