@@ -45,6 +45,7 @@ MODULES = {
     "stardist": "cellsynth.benchmark.segmenters.stardist",
     "swin": "cellsynth.benchmark.segmenters.swin",
     "embedseg": "cellsynth.benchmark.segmenters.embedseg",
+    "microsam": "cellsynth.benchmark.segmenters.microsam",
 }
 
 
