@@ -46,6 +46,7 @@ MODULES = {
     "swin": "cellsynth.benchmark.segmenters.swin",
     "embedseg": "cellsynth.benchmark.segmenters.embedseg",
     "mesmer": "cellsynth.benchmark.segmenters.mesmer",
+    "microsam": "cellsynth.benchmark.segmenters.microsam",
 }
 
 
