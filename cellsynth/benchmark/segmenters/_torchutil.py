@@ -269,8 +269,12 @@ def load_weights(path, name: str) -> tuple[dict, dict, dict]:
     return state, options, info
 
 
-def load_state_dict_file(path) -> dict:
-    """torch.load(path, weights_only=True) -> dict of tensors, with clear one-line errors.
+def load_state_dict_file(
+    path, what: str = "weights file", expected: str = "a torch state_dict file"
+) -> dict:
+    """torch.load(path, weights_only=True) -> a non-empty dict, with clear one-line errors
+    that call the file ``what`` (e.g. "microsam: checkpoint") and say what it should be
+    (``expected``).
 
     A training checkpoint that keeps the state dict under ``model`` or ``model_state_dict``
     (torchvision's references, EmbedSeg) gives that state dict."""
@@ -278,20 +282,20 @@ def load_state_dict_file(path) -> dict:
 
     path = Path(path)
     if not path.is_file():
-        raise CellsynthError(f"{path}: weights file not found")
+        raise CellsynthError(f"{what} {path} not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a pickle with code, or not a torch file at all
         raise CellsynthError(
-            f"{path}: cannot load weights as weights only "
-            f"({first_line(exc, type(exc).__name__)}); is it a torch state_dict file?"
+            f"{what} {path} cannot be read as weights only "
+            f"({first_line(exc, type(exc).__name__)}); is it {expected}?"
         ) from None
     for key in ("model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
-    if not isinstance(state, dict):
-        raise CellsynthError(f"{path}: expected a state_dict (dict of tensors)")
+    if not isinstance(state, dict) or not state:
+        raise CellsynthError(f"{what} {path} holds no state dict (a dict of tensors)")
     return state
 
 

@@ -133,6 +133,16 @@ def get_segmenter_class(name: str) -> type[Segmenter]:
     return _REGISTRY[name]
 
 
+def package_version(dist_name: str) -> str:
+    """The installed version of distribution ``dist_name`` (as pip names it), or "unknown"."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist_name)
+    except PackageNotFoundError:  # pragma: no cover
+        return "unknown"
+
+
 def make_segmenter(name: str, **options) -> Segmenter:
     return get_segmenter_class(name)(**options)
 

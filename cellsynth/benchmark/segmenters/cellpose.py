@@ -42,7 +42,7 @@ from cellsynth.benchmark.segmenters._torchutil import (
     seeded,
     to_device,
 )
-from cellsynth.benchmark.segmenters.base import Segmenter, register
+from cellsynth.benchmark.segmenters.base import Segmenter, package_version, register
 from cellsynth.errors import CellsynthError
 from cellsynth.tools.labels import relabel_sequential
 
@@ -54,16 +54,7 @@ except ImportError as _exc:  # pragma: no cover - depends on the environment
     ) from None
 
 
-def _cellpose_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("cellpose")
-    except PackageNotFoundError:  # pragma: no cover
-        return "unknown"
-
-
-CELLPOSE_VERSION = _cellpose_version()
+CELLPOSE_VERSION = package_version("cellpose")
 CELLPOSE_MAJOR = int(CELLPOSE_VERSION.split(".")[0]) if CELLPOSE_VERSION[:1].isdigit() else 0
 
 DEFAULTS = {

@@ -77,7 +77,7 @@ from cellsynth.benchmark.segmenters._torchutil import (
     seeded,
     to_device,
 )
-from cellsynth.benchmark.segmenters.base import register
+from cellsynth.benchmark.segmenters.base import package_version, register
 from cellsynth.errors import CellsynthError
 from cellsynth.tools.labels import relabel_sequential
 
@@ -392,7 +392,7 @@ class EmbedSegSegmenter(TorchNetSegmenter):
                 progress=progress,
                 desc="embedseg fit",
                 train_images=len(images),
-                embedseg=_embedseg_version(),
+                embedseg=package_version("EmbedSeg"),
             )
         if workdir is not None:
             self.save(Path(workdir) / "model")
@@ -502,20 +502,11 @@ def pretrained_state(spec) -> dict:
             f"embedseg: pretrained model {path} not found; put an EmbedSeg checkpoint there (its "
             "training writes best_iou_model.pth); nothing is downloaded"
         )
-    state = load_state_dict_file(path)
-    if not state or not all(hasattr(v, "shape") for v in state.values()):
+    state = load_state_dict_file(path, "embedseg: pretrained model", "an EmbedSeg checkpoint")
+    if not all(hasattr(v, "shape") for v in state.values()):
         raise CellsynthError(f"embedseg: {path} holds no state dict of tensors")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     for key in ("encoder.initial_block.conv.weight", "decoders.0.output_conv.weight"):
         if key not in state:
             raise CellsynthError(f"embedseg: {path} is not a BranchedERFNet of EmbedSeg ({key})")
     return state
-
-
-def _embedseg_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("EmbedSeg")
-    except PackageNotFoundError:  # pragma: no cover
-        return "unknown"

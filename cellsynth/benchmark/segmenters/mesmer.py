@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 import re
 from pathlib import Path
 
@@ -97,20 +96,13 @@ POSTPROCESS_KEYS = (
 def _import_tf():
     """TensorFlow (after torch, see stardist.import_tensorflow), its threads set from
     OMP_NUM_THREADS; one clear line when it is not installed."""
-    from cellsynth.benchmark.segmenters.stardist import import_tensorflow
+    from cellsynth.benchmark.segmenters.stardist import import_tensorflow, set_tensorflow_threads
 
     try:
         tf = import_tensorflow()
     except ImportError as exc:
         raise CellsynthError(f"mesmer needs tensorflow ({exc}); {INSTALL}") from None
-    threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
-    if threads > 0:
-        try:  # only possible before TensorFlow starts its thread pools
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-        except RuntimeError:
-            pass
-    return tf
+    return set_tensorflow_threads(tf)
 
 
 def deepcell_mesmer():

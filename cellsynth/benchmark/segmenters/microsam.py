@@ -41,13 +41,14 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from cellsynth.benchmark.segmenters._torchutil import get_device
-from cellsynth.benchmark.segmenters.base import Segmenter, register
+from cellsynth.benchmark.segmenters._torchutil import get_device, load_state_dict_file
+from cellsynth.benchmark.segmenters.base import Segmenter, package_version, register
 from cellsynth.errors import CellsynthError, first_line
 from cellsynth.tools.labels import relabel_sequential
 
 INSTALL = "pip install 'cellsynth[microsam]'"
 DEFAULT_MODEL = "vit_b_lm"  # micro-sam's own default model
+WEIGHTS_KIND = "a SAM / micro-sam weights file"
 MODES = ("auto", "ais", "amg", "apg")
 SAM_TYPES = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}  # encoder width -> SAM's name
 DECODER_HEADS = 8  # SAM's mask decoder attention heads (the weights do not say)
@@ -198,33 +199,17 @@ def resolve_weights(ms: SimpleNamespace, options: dict) -> tuple[Path, Path | No
     return path, decoder
 
 
-def _load_tensors(path: Path, what: str) -> dict:
-    """torch.load(weights_only=True) of a file that must hold a dict; one line otherwise."""
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a pickle with code, or not a torch file at all
-        raise CellsynthError(
-            f"microsam: cannot read {what} {path} as weights only "
-            f"({first_line(exc, type(exc).__name__)}); is it a SAM / micro-sam weights file?"
-        ) from None
-    if not isinstance(state, dict) or not state:
-        raise CellsynthError(f"microsam: {what} {path} holds no state dict")
-    return state
-
-
 def read_checkpoint(path: Path, decoder: Path | None) -> tuple[dict, dict | None]:
     """(SAM state dict, decoder state dict or None), in micro-sam's formats: a bare SAM state
     dict, or ``{"model_state": ..., "decoder_state": ...}`` (its export and training
     checkpoints, keys possibly prefixed ``sam.``); a separate decoder file wins."""
-    state = _load_tensors(path, "checkpoint")
+    state = load_state_dict_file(path, "microsam: checkpoint", WEIGHTS_KIND)
     decoder_state = None
     if isinstance(state.get("model_state"), dict):
         decoder_state = state.get("decoder_state")
         state = {k.removeprefix("sam."): v for k, v in state["model_state"].items()}
     if decoder is not None:
-        decoder_state = _load_tensors(decoder, "decoder")
+        decoder_state = load_state_dict_file(decoder, "microsam: decoder", WEIGHTS_KIND)
         decoder_state = decoder_state.get("decoder_state", decoder_state)
     for name, part in (("checkpoint", state), ("decoder", decoder_state)):
         if part is not None and not all(hasattr(v, "shape") for v in part.values()):
@@ -473,7 +458,7 @@ class MicroSamSegmenter(Segmenter):
                 ) from None
         self.predictor, self.segmenter, self.mode = predictor, segmenter, mode
         self.info = {"checkpoint": str(path), "decoder": decoder_path and str(decoder_path)}
-        self.info.update(mode=mode, architecture=arch, micro_sam=_microsam_version())
+        self.info.update(mode=mode, architecture=arch, micro_sam=package_version("micro-sam"))
         return predictor, segmenter
 
     # --- prediction --------------------------------------------------------------------------
@@ -545,12 +530,3 @@ def _prepare(image) -> np.ndarray:
     if image.ndim == 3 and image.shape[-1] == 4:
         image = image[..., :3]  # micro-sam keeps the first three channels
     return image
-
-
-def _microsam_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("micro-sam")
-    except PackageNotFoundError:  # pragma: no cover
-        return "unknown"

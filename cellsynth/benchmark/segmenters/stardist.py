@@ -57,6 +57,19 @@ def import_tensorflow():
     return tf
 
 
+def set_tensorflow_threads(tf):
+    """TensorFlow's CPU threads from OMP_NUM_THREADS (that many within an op, one across ops),
+    where they can still be set (before TensorFlow starts its thread pools). Returns ``tf``."""
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
+    if threads > 0:
+        try:  # only possible before TensorFlow starts its thread pools
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:
+            pass
+    return tf
+
+
 def _import_stardist():
     """(StarDist2D, Config2D) with TensorFlow's logging quieted and its CPU threads set."""
     try:
@@ -66,13 +79,7 @@ def _import_stardist():
         raise CellsynthError(
             f"stardist needs the stardist and tensorflow packages ({exc}); {INSTALL}"
         ) from None
-    threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
-    if threads > 0:
-        try:  # only possible before TensorFlow starts its thread pools
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-        except RuntimeError:
-            pass
+    set_tensorflow_threads(tf)
     return StarDist2D, Config2D
 
 
