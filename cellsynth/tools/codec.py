@@ -27,7 +27,7 @@ from scipy import ndimage as ndi
 
 from cellsynth.errors import CellsynthError
 from cellsynth.tools.combine import fraction_of_full_scale
-from cellsynth.tools.labels import check_labels, relabel_sequential
+from cellsynth.tools.labels import check_labels, drop_small_objects, relabel_sequential
 from cellsynth.tools.parse import parse_size
 
 ENCODINGS = {"binary": 1, "fbd": 3}
@@ -201,17 +201,6 @@ def _as_float01(encoded: np.ndarray, channels: int) -> np.ndarray:
     return x.clip(0.0, 1.0)
 
 
-def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    if min_size <= 0 or not labels.any():
-        return labels
-    sizes = np.bincount(labels.ravel())
-    small = sizes < min_size
-    small[0] = False
-    labels = labels.copy()
-    labels[small[labels]] = 0
-    return labels
-
-
 def decode_mask(
     encoded: np.ndarray,
     encoding: str = "fbd",
@@ -245,7 +234,7 @@ def decode_mask(
     fg = x[..., 0] > fg_thresh
     if encoding == "binary":
         labels, _ = ndi.label(fg, structure=structure)
-        return relabel_sequential(_drop_small(labels, min_size))
+        return relabel_sequential(drop_small_objects(labels, min_size))
 
     from skimage.segmentation import watershed
 
@@ -257,7 +246,7 @@ def decode_mask(
     rest, m = ndi.label(fg & (labels == 0), structure=structure)
     if m:  # foreground pieces without a seed become objects of their own
         labels = np.where(rest > 0, rest + n, labels)
-    return relabel_sequential(_drop_small(labels, min_size))
+    return relabel_sequential(drop_small_objects(labels, min_size))
 
 
 def resize_labels(labels: np.ndarray, size) -> np.ndarray:

@@ -63,6 +63,18 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     return lut[labels].astype(label_dtype(ids.size))
 
 
+def drop_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """``labels`` without the objects of fewer than ``min_size`` pixels (they become
+    background; a copy, not renumbered); ``labels`` itself when there is nothing to drop."""
+    if min_size <= 1 or not labels.any():
+        return labels
+    small = np.bincount(labels.ravel()) < min_size
+    small[0] = False
+    labels = labels.copy()
+    labels[small[labels]] = 0
+    return labels
+
+
 def touching_objects(labels: np.ndarray) -> np.ndarray:
     """Sorted ids of the objects that touch another object: a pixel of theirs is 8-adjacent to
     a pixel of a different object (background between them means not touching)."""

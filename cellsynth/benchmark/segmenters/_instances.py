@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from cellsynth.errors import CellsynthError
-from cellsynth.tools.labels import relabel_sequential
+from cellsynth.tools.labels import drop_small_objects, relabel_sequential
 
 
 def _check_map(arr, name: str, shape=None) -> np.ndarray:
@@ -158,9 +158,4 @@ def maps_to_instances(
     if n_rest:
         out[rest > 0] = rest[rest > 0] + out.max()
 
-    if min_size > 1 and out.max() > 0:
-        sizes = np.bincount(out.ravel())
-        small = sizes < min_size
-        small[0] = False
-        out[small[out]] = 0
-    return relabel_sequential(out)
+    return relabel_sequential(drop_small_objects(out, min_size))

@@ -57,7 +57,7 @@ from cellsynth.benchmark.segmenters._torchutil import (
 )
 from cellsynth.benchmark.segmenters.base import register
 from cellsynth.errors import CellsynthError
-from cellsynth.tools.labels import relabel_sequential
+from cellsynth.tools.labels import drop_small_objects, relabel_sequential
 
 # DenseSegmenter options that do not apply here (its watershed seeds)
 _NOT_USED = ("boundary_threshold", "seed_threshold", "min_distance", "seeds")
@@ -193,21 +193,14 @@ def watershed_cut(
     mask = fg > float(fg_threshold)
     if not mask.any():
         return np.zeros(fg.shape, dtype=np.uint16)
-    cores, n = ndi.label(mask & (cum[cut - 1] > float(core_threshold)))
-    if n and int(core_min_size) > 1:
-        small = np.bincount(cores.ravel()) < int(core_min_size)
-        small[0] = False
-        cores[small[cores]] = 0
+    cores, _ = ndi.label(mask & (cum[cut - 1] > float(core_threshold)))
+    cores = drop_small_objects(cores, int(core_min_size))
     out = watershed(-np.asarray(energy, dtype=np.float32), markers=cores, mask=mask)
     out = out.astype(np.int64)
     rest, n_rest = ndi.label(mask & (out == 0))
     if n_rest:
         out[rest > 0] = rest[rest > 0] + out.max()
-    if int(min_size) > 1 and out.max() > 0:
-        small = np.bincount(out.ravel()) < int(min_size)
-        small[0] = False
-        out[small[out]] = 0
-    return relabel_sequential(out)
+    return relabel_sequential(drop_small_objects(out, int(min_size)))
 
 
 # --- networks ---------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ from cellsynth.benchmark.segmenters._torchutil import (
 )
 from cellsynth.benchmark.segmenters.base import register
 from cellsynth.errors import CellsynthError
-from cellsynth.tools.labels import relabel_sequential
+from cellsynth.tools.labels import drop_small_objects, relabel_sequential
 
 try:
     import torchvision
@@ -485,11 +485,7 @@ class MaskRCNNSegmenter(TorchNetSegmenter):
                 .numpy()
                 .astype(np.int64)
             )
-        if int(o["min_size"]) > 1 and lab.max() > 0:
-            small = np.bincount(lab.ravel()) < int(o["min_size"])
-            small[0] = False
-            lab[small[lab]] = 0
-        return relabel_sequential(lab)
+        return relabel_sequential(drop_small_objects(lab, int(o["min_size"])))
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """H x W (x C) image -> uint16 instance labels H x W."""

@@ -66,7 +66,7 @@ import numpy as np
 
 from cellsynth.benchmark.segmenters.base import Segmenter, register
 from cellsynth.errors import CellsynthError, first_line
-from cellsynth.tools.labels import relabel_sequential
+from cellsynth.tools.labels import drop_small_objects, relabel_sequential
 
 INSTALL = "pip install 'cellsynth[stardist]'"  # the extra that brings tensorflow-cpu
 MODEL_MPP = 0.5  # um per pixel of Mesmer's training data (Mesmer(model_mpp=0.5))
@@ -263,15 +263,6 @@ def mesmer_preprocess(x: np.ndarray, percentile: float = 99.9, kernel_size=128) 
 
 
 # --- post-processing -----------------------------------------------------------------------------
-def _remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    if min_size <= 0 or not labels.any():
-        return labels
-    areas = np.bincount(labels.ravel())
-    small = areas < min_size
-    small[0] = False
-    return np.where(small[labels], 0, labels)
-
-
 def _fill_small_holes(labels: np.ndarray, max_size: int) -> np.ndarray:
     """Background holes of fewer than ``max_size`` pixels (4-connected) that lie wholly inside
     one object are given to that object."""
@@ -333,7 +324,7 @@ def deep_watershed(
     peaks = h_maxima(maxima, float(maxima_threshold), footprint=disk(int(radius)))
     markers, _ = ndi.label(peaks, structure=np.ones((3, 3), dtype=bool))
     labels = watershed(-inside, markers, mask=inside > interior_threshold)
-    labels = _remove_small(labels.astype(np.int64), int(small_objects_threshold))
+    labels = drop_small_objects(labels.astype(np.int64), int(small_objects_threshold))
     labels = _fill_small_holes(labels, int(fill_holes_threshold))
     return relabel_sequential(labels)
 
