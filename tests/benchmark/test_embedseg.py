@@ -148,7 +148,7 @@ def test_errors(tmp_path, monkeypatch):
         make_segmenter("embedseg", crop=100)
     with pytest.raises(CellsynthError, match="n_sigma"):
         make_segmenter("embedseg", n_sigma=3)
-    with pytest.raises(CellsynthError, match="center must be"):
+    with pytest.raises(CellsynthError, match="unknown center"):
         make_segmenter("embedseg", center="middle")
     seg = make_segmenter("embedseg", **TINY)
     with pytest.raises(CellsynthError, match="not trained"):

@@ -265,7 +265,7 @@ def test_errors(weights, image, tmp_path, monkeypatch):
 
     # options
     _one_line("unknown option", make_segmenter, "microsam", no_such=1)
-    _one_line("mode must be one of", make_segmenter, "microsam", mode="best")
+    _one_line("unknown mode 'best'; use one of", make_segmenter, "microsam", mode="best")
     _one_line("tile_shape and halo go together", make_segmenter, "microsam", tile_shape=64)
     _one_line("exceed twice the halo", make_segmenter, "microsam", tile_shape=32, halo=16)
     _one_line("must be an int or", make_segmenter, "microsam", tile_shape="big", halo=8)

@@ -76,6 +76,14 @@ class Segmenter:
         """Option name -> default (None: the segmenter takes any options)."""
         return cls.DEFAULTS
 
+    def check_choice(self, key: str, allowed) -> None:
+        """Refuse option ``key`` unless it is one of ``allowed``, in one line."""
+        value = self.options[key]
+        if value not in allowed:
+            raise CellsynthError(
+                f"{self.name}: unknown {key} {value!r}; use one of {', '.join(allowed)}"
+            )
+
     def fit(
         self,
         train,

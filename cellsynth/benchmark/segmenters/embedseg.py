@@ -271,10 +271,7 @@ class EmbedSegSegmenter(TorchNetSegmenter):
                 )
         if int(o["n_sigma"]) not in (1, 2):
             raise CellsynthError(f"embedseg: n_sigma must be 1 or 2, got {o['n_sigma']}")
-        if o["center"] not in CENTERS:
-            raise CellsynthError(
-                f"embedseg: center must be one of {', '.join(CENTERS)}, got {o['center']!r}"
-            )
+        self.check_choice("center", CENTERS)
         self.net = None
         self.precision = None
 

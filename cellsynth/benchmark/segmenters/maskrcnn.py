@@ -345,8 +345,7 @@ class MaskRCNNSegmenter(TorchNetSegmenter):
     def __init__(self, **options):
         super().__init__(**options)
         o = self.options
-        if o["arch"] not in ARCHS:
-            raise CellsynthError(f"maskrcnn: unknown arch {o['arch']!r}; choose {', '.join(ARCHS)}")
+        self.check_choice("arch", ARCHS)
         if int(o["crop"]) < 32 or float(o["scale"]) <= 0:
             raise CellsynthError("maskrcnn: crop must be >= 32 and scale > 0")
         self.model = None

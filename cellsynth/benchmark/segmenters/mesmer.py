@@ -368,15 +368,8 @@ class MesmerSegmenter(Segmenter):
     def __init__(self, **options):
         super().__init__(**options)
         o = self.options
-        if o["compartment"] not in COMPARTMENTS:
-            raise CellsynthError(
-                f"mesmer: compartment={o['compartment']!r}; use one of "
-                f"{', '.join(sorted(COMPARTMENTS))}"
-            )
-        if o["backend"] not in ("auto", "deepcell", "tensorflow"):
-            raise CellsynthError(
-                f"mesmer: backend={o['backend']!r}; use auto, deepcell or tensorflow"
-            )
+        self.check_choice("compartment", COMPARTMENTS)
+        self.check_choice("backend", ("auto", "deepcell", "tensorflow"))
         if o["image_mpp"] is not None and not float(o["image_mpp"]) > 0:
             raise CellsynthError(f"mesmer: image_mpp must be positive, got {o['image_mpp']}")
         if int(o["tile"]) < 16:

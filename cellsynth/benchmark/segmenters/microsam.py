@@ -368,10 +368,7 @@ class MicroSamSegmenter(Segmenter):
     def __init__(self, **options):
         super().__init__(**options)
         o = self.options
-        if o["mode"] not in MODES:
-            raise CellsynthError(
-                f"microsam: mode must be one of {', '.join(MODES)}, got {o['mode']!r}"
-            )
+        self.check_choice("mode", MODES)
         self.tile_shape = _pair(o["tile_shape"], "tile_shape")
         self.halo = _pair(o["halo"], "halo")
         if (self.tile_shape is None) != (self.halo is None):

@@ -184,10 +184,7 @@ class SwinSegmenter(maskrcnn.MaskRCNNSegmenter):
     def __init__(self, **options):
         super().__init__(**options)
         o = self.options
-        if o["arch"] not in SWIN_ARCHS:
-            raise CellsynthError(
-                f"swin: unknown arch {o['arch']!r}; choose {', '.join(SWIN_ARCHS)}"
-            )
+        self.check_choice("arch", SWIN_ARCHS)
         if not 0.0 <= float(o["space_fill"]) <= 1.0:
             raise CellsynthError(f"swin: space_fill must be in [0, 1], got {o['space_fill']}")
         if int(o["space_fill_cells"]) < 0 or int(o["space_fill_margin"]) < 0:

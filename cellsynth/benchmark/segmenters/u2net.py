@@ -173,10 +173,7 @@ class U2NetSegmenter(DenseSegmenter):
 
     def __init__(self, **options):
         super().__init__(**options)
-        if self.options["variant"] not in VARIANTS:
-            raise CellsynthError(
-                f"u2net: unknown variant {self.options['variant']!r}; choose {', '.join(VARIANTS)}"
-            )
+        self.check_choice("variant", VARIANTS)
         self.outputs = ("fg", "boundary") if self.options["boundary"] else ("fg",)
 
     def _build(self, in_channels: int):
