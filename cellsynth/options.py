@@ -121,6 +121,16 @@ def keyword_map(groups: dict[str, tuple[type, str]]) -> dict[str, tuple[str, str
     return out
 
 
+def refuse_unknown(where: str, given, known) -> None:
+    """One line, naming ``where``, for the names in ``given`` that are not in ``known``
+    (listed in ``known``'s order)."""
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise CellsynthError(
+            f"{where}: unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}"
+        )
+
+
 def take(cls, prefix: str, values: dict) -> dict:
     """Remove the keywords (and old keywords) of ``cls``'s fields from ``values``; return them
     as {field name: value}, ready for ``cls(**...)``."""

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from cellsynth.errors import CellsynthError
+from cellsynth.options import refuse_unknown
 from cellsynth.stylegan3.configs import ARCH_DEFAULTS, CONFIGS
 from cellsynth.stylegan3.networks_stylegan2 import Discriminator, MappingNetwork, SynthesisNetwork2
 from cellsynth.stylegan3.networks_stylegan3 import SynthesisNetwork3
@@ -169,12 +170,7 @@ def build_networks(
     """
     if cfg not in CONFIGS:
         raise CellsynthError(f"unknown config {cfg!r}; use one of {', '.join(CONFIGS)}")
-    unknown = sorted(set(arch) - set(ARCH_DEFAULTS))
-    if unknown:
-        raise CellsynthError(
-            f"build_networks: unknown option(s) {', '.join(unknown)}; "
-            f"known: {', '.join(ARCH_DEFAULTS)}"
-        )
+    refuse_unknown("build_networks", arch, ARCH_DEFAULTS)
     a = {**ARCH_DEFAULTS, **arch}
     cbase, cmax, map_depth, z_dim, w_dim = (
         a[k] for k in ("cbase", "cmax", "map_depth", "z_dim", "w_dim")

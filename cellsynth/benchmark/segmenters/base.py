@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from cellsynth.errors import CellsynthError
+from cellsynth.options import refuse_unknown
 
 _REGISTRY: dict[str, type[Segmenter]] = {}
 
@@ -61,12 +62,7 @@ class Segmenter:
     def __init__(self, **options):
         known = self.known_options()
         if known is not None:
-            unknown = sorted(set(options) - set(known))
-            if unknown:
-                raise CellsynthError(
-                    f"{self.name}: unknown option(s) {', '.join(unknown)}; "
-                    f"known: {', '.join(sorted(known))}"
-                )
+            refuse_unknown(self.name, options, sorted(known))
             options = {**known, **options}
         self.options = dict(options)
         self.info: dict = {}
