@@ -12,7 +12,6 @@ and the requested metrics.
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import math
 import os
@@ -26,6 +25,7 @@ import torch
 from cellsynth.errors import CellsynthError
 from cellsynth.precision import low_precision_dtype
 from cellsynth.stylegan3.augment import AugmentPipe, adjust_p
+from cellsynth.stylegan3.configs import ARCH_DEFAULTS
 from cellsynth.stylegan3.loss import StyleGANLoss
 from cellsynth.stylegan3.snapshot import kimg_stamp, load_snapshot, save_snapshot, snapshot_name
 from cellsynth.training import distributed as dist
@@ -168,8 +168,6 @@ def _one_hot(labels: torch.Tensor, c_dim: int) -> torch.Tensor:
 def build_args(opts: dict, data, c_dim: int) -> dict:
     """The keyword arguments of ``build_networks`` for these options (stored in snapshots);
     ``data`` is anything with ``.resolution`` and ``.channels`` (MaskData, MaskZipDataset)."""
-    from cellsynth.stylegan3.networks import build_networks
-
     args = dict(
         cfg=opts["cfg"],
         img_resolution=data.resolution,
@@ -178,18 +176,12 @@ def build_args(opts: dict, data, c_dim: int) -> dict:
         cbase=int(opts["cbase"]),
         cmax=int(opts["cmax"]),
         map_depth=int(opts["map_depth"]),
+        z_dim=int(opts.get("z_dim") or ARCH_DEFAULTS["z_dim"]),
+        w_dim=int(opts.get("w_dim") or ARCH_DEFAULTS["w_dim"]),
+        num_fp16_res=0 if _precision(opts) == "fp32" else 4,
     )
-    params = inspect.signature(build_networks).parameters
-    extra = {
-        "z_dim": int(opts.get("z_dim") or 512),
-        "w_dim": int(opts.get("w_dim") or 512),
-        "num_fp16_res": 0 if _precision(opts) == "fp32" else 4,
-    }
     if opts["cfg"] != "stylegan2":  # the magnitude EMA of stylegan3 layers follows the batch
-        extra["g_kwargs"] = {"magnitude_ema_beta": 0.5 ** (int(opts["batch"]) / 20000)}
-    for k, v in extra.items():
-        if k in params:
-            args[k] = v
+        args["g_kwargs"] = {"magnitude_ema_beta": 0.5 ** (int(opts["batch"]) / 20000)}
     return args
 
 

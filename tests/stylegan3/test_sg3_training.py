@@ -159,8 +159,13 @@ def test_blur_matches_direct_convolution():
 def test_few_steps_each_config(cfg, fbd_zip, tmp_path):
     from cellsynth.stylegan3.training_loop import Trainer
 
-    opts = sg3_options(fbd_zip, tmp_path, cfg=cfg, aug="fixed", p=0.5)
+    opts = sg3_options(fbd_zip, tmp_path, cfg=cfg, aug="fixed", p=0.5, z_dim=12, w_dim=20)
     tr = Trainer(opts)
+    # The options' architecture reaches the networks (latent sizes, mapping depth).
+    for G in (tr.G, tr.G_ema):
+        assert (G.z_dim, G.w_dim) == (12, 20)
+        assert G.mapping.num_layers == 1
+    assert tr.G.mapping.layers[0].weight.shape[1] == 12
     before = [p.detach().clone() for p in tr.G.parameters()]
     for _ in range(2):
         tr.step()
