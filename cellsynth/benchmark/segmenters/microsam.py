@@ -171,17 +171,26 @@ def _missing(ms: SimpleNamespace, name: str, path: Path, option: str) -> Cellsyn
     )
 
 
+def _given_file(value, what: str, hint: str) -> Path:
+    """The file an option names (``~`` expanded); CellsynthError with ``hint`` when it is not
+    there."""
+    path = Path(os.path.expanduser(str(value)))
+    if not path.is_file():
+        raise CellsynthError(f"microsam: {what} {path} not found; {hint}")
+    return path
+
+
 def resolve_weights(ms: SimpleNamespace, options: dict) -> tuple[Path, Path | None]:
     """(checkpoint file, decoder file or None) of the options; raises CellsynthError naming the
     file to put where when one is missing."""
     checkpoint, decoder = options["checkpoint"], options["decoder"]
     if checkpoint:
-        path = Path(os.path.expanduser(str(checkpoint)))
-        if not path.is_file():
-            raise CellsynthError(
-                f"microsam: checkpoint {path} not found; put a SAM or micro-sam weights file "
-                f"there (e.g. micro-sam's {DEFAULT_MODEL}); nothing is downloaded"
-            )
+        path = _given_file(
+            checkpoint,
+            "checkpoint",
+            f"put a SAM or micro-sam weights file there (e.g. micro-sam's {DEFAULT_MODEL}); "
+            "nothing is downloaded",
+        )
     else:
         name = options["model_type"] or DEFAULT_MODEL
         path = cache_folder(ms) / name
@@ -190,12 +199,12 @@ def resolve_weights(ms: SimpleNamespace, options: dict) -> tuple[Path, Path | No
         if not decoder and (path.parent / f"{name}_decoder").is_file():
             decoder = path.parent / f"{name}_decoder"
     if decoder:
-        decoder = Path(os.path.expanduser(str(decoder)))
-        if not decoder.is_file():
-            raise CellsynthError(
-                f"microsam: decoder {decoder} not found; put micro-sam's instance segmentation "
-                f"decoder there (e.g. its {DEFAULT_MODEL}_decoder file) or use mode=amg"
-            )
+        decoder = _given_file(
+            decoder,
+            "decoder",
+            "put micro-sam's instance segmentation decoder there "
+            f"(e.g. its {DEFAULT_MODEL}_decoder file) or use mode=amg",
+        )
     return path, decoder
 
 
