@@ -138,6 +138,19 @@ def check_reload(seg, folder: Path, image, expected) -> None:
     np.testing.assert_array_equal(again.predict(image), expected)
 
 
+def check_untrained(seg, folder: Path) -> None:
+    """Untrained ``seg`` refuses to predict, its class finds no saved model in empty ``folder``
+    and it refuses to fit an empty training set."""
+    from cellsynth.errors import CellsynthError
+
+    with pytest.raises(CellsynthError, match="not trained"):
+        seg.predict(np.zeros((32, 32), np.uint8))
+    with pytest.raises(CellsynthError, match=f"no saved {seg.name}"):
+        type(seg).load(folder)
+    with pytest.raises(CellsynthError, match="empty"):
+        seg.fit([], folder, epochs=1, progress=False)
+
+
 # A Mask R-CNN small enough to train on 64 x 64 disks on the CPU in seconds (each test file adds
 # its own detection limits and learning rate).
 SMALL_MASKRCNN = dict(

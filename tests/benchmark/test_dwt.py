@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 from conftest import (  # noqa: E402
     check_odd_inputs,
     check_reload,
+    check_untrained,
     disks_labels,
     disks_sample,
     fit_segmenter,
@@ -271,9 +272,4 @@ def test_options_and_errors(tmp_path):
     with pytest.raises(CellsynthError, match="teacher"):
         make_segmenter("dwt", teacher=2)
     seg = make_segmenter("dwt", **TINY)
-    with pytest.raises(CellsynthError, match="not trained"):
-        seg.predict(np.zeros((32, 32), np.uint8))
-    with pytest.raises(CellsynthError, match="no saved dwt"):
-        DWTSegmenter.load(tmp_path)
-    with pytest.raises(CellsynthError, match="empty"):
-        seg.fit([], tmp_path, epochs=1, progress=False)
+    check_untrained(seg, tmp_path)

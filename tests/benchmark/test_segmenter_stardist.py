@@ -14,6 +14,7 @@ from conftest import (  # noqa: E402
     check_labels,
     check_odd_inputs,
     check_reload,
+    check_untrained,
     disks_sample,
     fit_segmenter,
 )
@@ -97,12 +98,7 @@ def test_errors(tmp_path, monkeypatch):
     with pytest.raises(CellsynthError, match="multiple of 16"):
         make_segmenter("stardist", patch=100)
     seg = make_segmenter("stardist", **TINY)
-    with pytest.raises(CellsynthError, match="not trained"):
-        seg.predict(np.zeros((32, 32), np.uint8))
-    with pytest.raises(CellsynthError, match="no saved stardist"):
-        StarDistSegmenter.load(tmp_path)
-    with pytest.raises(CellsynthError, match="empty"):
-        seg.fit([], tmp_path, epochs=1, progress=False)
+    check_untrained(seg, tmp_path)
     bad = make_segmenter("stardist", pretrained=str(tmp_path / "nope"))
     with pytest.raises(CellsynthError, match="config.json and weights_best.h5"):
         bad.predict(np.zeros((32, 32), np.uint8))

@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 from conftest import (  # noqa: E402
     SMALL_MASKRCNN,
     check_labels,
+    check_untrained,
     disks_dataset,
     disks_labels,
     disks_sample,
@@ -98,12 +99,7 @@ def test_unknown_option_and_untrained(name, tmp_path):
     with pytest.raises(CellsynthError, match="unknown option"):
         make_segmenter(name, no_such_option=1)
     seg = make_segmenter(name, **TINY[name])
-    with pytest.raises(CellsynthError, match="not trained"):
-        seg.predict(np.zeros((32, 32), np.uint8))
-    with pytest.raises(CellsynthError, match="no saved"):
-        type(seg).load(tmp_path)
-    with pytest.raises(CellsynthError, match="empty"):
-        seg.fit([], tmp_path, epochs=1, progress=False)
+    check_untrained(seg, tmp_path)
 
 
 def test_bad_sizes_rejected():
