@@ -222,6 +222,14 @@ def sg3_options(data, outdir, **kw):
     return check_options(default_options(data=str(data), outdir=str(outdir), **{**SG3_TINY, **kw}))
 
 
+def sg3_train(data, outdir, **kw):
+    """A StyleGAN training run at the tiny sizes of :data:`SG3_TINY` (``kw`` overrides them);
+    returns its run folder."""
+    from cellsynth.stylegan3.train import train
+
+    return train(data=str(data), outdir=str(outdir), **{**SG3_TINY, **kw})
+
+
 def sg3_snapshot(tmp, cfg, encoding="fbd", classes=None):
     """An (untrained) snapshot written by the trainer itself."""
     from cellsynth.stylegan3.training_loop import Trainer

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import SG3_TINY, make_masks_zip, sg3_options
+from conftest import make_masks_zip, sg3_options, sg3_train
 
 from cellsynth.errors import CellsynthError
 
@@ -199,24 +199,12 @@ def test_ada_updates_p_from_real_signs(fbd_zip, tmp_path, seed):
 
 
 def test_resume_gives_identical_steps(fbd_zip, tmp_path):
-    from cellsynth.stylegan3.train import train
-
     common = dict(cfg="stylegan2", aug="fixed", p=0.5, tick=0.008, snap=1)
-    whole = train(
-        **{**SG3_TINY, **common}, data=str(fbd_zip), outdir=str(tmp_path / "a"), kimg=0.024
-    )
-    first = train(
-        **{**SG3_TINY, **common}, data=str(fbd_zip), outdir=str(tmp_path / "b"), kimg=0.012
-    )
+    whole = sg3_train(fbd_zip, tmp_path / "a", **common, kimg=0.024)
+    first = sg3_train(fbd_zip, tmp_path / "b", **common, kimg=0.012)
     snap = first / "network-snapshot-000000.012.pt"
     assert snap.is_file() and (first / "network-snapshot-000000.008.pt").is_file()
-    second = train(
-        **{**SG3_TINY, **common},
-        data=str(fbd_zip),
-        outdir=str(tmp_path / "b"),
-        kimg=0.024,
-        resume="latest",
-    )
+    second = sg3_train(fbd_zip, tmp_path / "b", **common, kimg=0.024, resume="latest")
     assert second == first  # resume continues in the same run folder
     a = torch.load(whole / "network-snapshot-000000.024.pt", weights_only=True)
     b = torch.load(second / "network-snapshot-000000.024.pt", weights_only=True)
@@ -227,9 +215,7 @@ def test_resume_gives_identical_steps(fbd_zip, tmp_path):
         for k, v in a[net].items():
             assert torch.equal(v, b[net][k]), f"{net}.{k}"
     # and an interrupted run really differs from a fresh one with another seed
-    c = train(
-        **{**SG3_TINY, **common}, data=str(fbd_zip), outdir=str(tmp_path / "c"), kimg=0.024, seed=1
-    )
+    c = sg3_train(fbd_zip, tmp_path / "c", **common, kimg=0.024, seed=1)
     c = torch.load(c / "network-snapshot-000000.024.pt", weights_only=True)
     assert any(not torch.equal(v, c["G"][k]) for k, v in a["G"].items())
 
@@ -289,18 +275,10 @@ def test_unconditional_snapshot_starts_a_conditional_run(fbd_zip, tmp_path):
 
 
 def test_run_folder_contents(fbd_zip, tmp_path):
-    from cellsynth.stylegan3.train import train
     from cellsynth.training.logging import read_stats
 
-    run = train(
-        **SG3_TINY,
-        data=str(fbd_zip),
-        outdir=str(tmp_path),
-        kimg=0.008,
-        tick=0.004,
-        snap=1,
-        cfg="stylegan2",
-        metrics="realism",
+    run = sg3_train(
+        fbd_zip, tmp_path, kimg=0.008, tick=0.004, snap=1, cfg="stylegan2", metrics="realism"
     )
     assert run.name == "00000-stylegan2-masks-gpus1-batch4-gamma1"
     names = {p.name for p in run.iterdir()}
@@ -324,17 +302,8 @@ def test_run_folder_contents(fbd_zip, tmp_path):
 
 
 def test_two_process_gloo_run(fbd_zip, tmp_path):
-    from cellsynth.stylegan3.train import train
-
-    run = train(
-        **{**SG3_TINY, "batch": 4},
-        gpus=2,
-        data=str(fbd_zip),
-        outdir=str(tmp_path),
-        kimg=0.008,
-        tick=0.008,
-        snap=1,
-        cfg="stylegan2",
+    run = sg3_train(
+        fbd_zip, tmp_path, batch=4, gpus=2, kimg=0.008, tick=0.008, snap=1, cfg="stylegan2"
     )
     assert run.name.startswith("00000-stylegan2-masks-gpus2-batch4")
     snap = torch.load(run / "network-snapshot-000000.008.pt", weights_only=True)
@@ -344,12 +313,10 @@ def test_two_process_gloo_run(fbd_zip, tmp_path):
 
 # ------------------------------------------------------------------------------ errors
 def test_resume_with_wrong_channels_is_refused(fbd_zip, binary_zip, tmp_path):
-    from cellsynth.stylegan3.train import train
-
-    run = train(**SG3_TINY, data=str(fbd_zip), outdir=str(tmp_path), kimg=0.004, tick=0.004, snap=1)
+    run = sg3_train(fbd_zip, tmp_path, kimg=0.004, tick=0.004, snap=1)
     snap = run / "network-snapshot-000000.004.pt"
     with pytest.raises(CellsynthError, match="channel"):
-        train(**SG3_TINY, data=str(binary_zip), outdir=str(tmp_path), kimg=0.008, resume=str(snap))
+        sg3_train(binary_zip, tmp_path, kimg=0.008, resume=str(snap))
 
 
 def test_resume_latest_skips_partial_files(fbd_zip, tmp_path):
@@ -357,9 +324,7 @@ def test_resume_latest_skips_partial_files(fbd_zip, tmp_path):
 
     with pytest.raises(CellsynthError, match="no complete"):
         find_latest(tmp_path)
-    from cellsynth.stylegan3.train import train
-
-    run = train(**SG3_TINY, data=str(fbd_zip), outdir=str(tmp_path), kimg=0.004, tick=0.004, snap=1)
+    run = sg3_train(fbd_zip, tmp_path, kimg=0.004, tick=0.004, snap=1)
     good = run / "network-snapshot-000000.004.pt"
     later = tmp_path / "00009-x"
     later.mkdir()
