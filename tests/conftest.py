@@ -138,6 +138,17 @@ def check_reload(seg, folder: Path, image, expected) -> None:
     np.testing.assert_array_equal(again.predict(image), expected)
 
 
+def check_refused(name: str, *cases) -> None:
+    """``make_segmenter(name, **options)`` raises a CellsynthError matching ``match`` for each
+    ``(match, options)`` of ``cases``."""
+    from cellsynth.benchmark.segmenters import make_segmenter
+    from cellsynth.errors import CellsynthError
+
+    for match, options in cases:
+        with pytest.raises(CellsynthError, match=match):
+            make_segmenter(name, **options)
+
+
 def check_untrained(seg, folder: Path) -> None:
     """Untrained ``seg`` refuses to predict, its class finds no saved model in empty ``folder``
     and it refuses to fit an empty training set."""

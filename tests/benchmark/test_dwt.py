@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 
 from conftest import (  # noqa: E402
     check_odd_inputs,
+    check_refused,
     check_reload,
     check_untrained,
     disks_labels,
@@ -261,15 +262,14 @@ def test_save_reload_same_predictions(trained, tmp_path):
 
 
 def test_options_and_errors(tmp_path):
-    with pytest.raises(CellsynthError, match="unknown option"):
-        make_segmenter("dwt", no_such_option=1)
-    with pytest.raises(CellsynthError, match="unknown option.*seeds"):
-        make_segmenter("dwt", seeds="edt")  # DenseSegmenter's watershed seeds do not apply
-    with pytest.raises(CellsynthError, match="energy_cut"):
-        make_segmenter("dwt", levels=4, energy_cut=4)
-    with pytest.raises(CellsynthError, match="multiple of 16"):
-        make_segmenter("dwt", widths=[8, 16, 32, 64], wtn_widths=[8, 16], crop=40)
-    with pytest.raises(CellsynthError, match="teacher"):
-        make_segmenter("dwt", teacher=2)
+    check_refused(
+        "dwt",
+        ("unknown option", dict(no_such_option=1)),
+        # DenseSegmenter's watershed seeds do not apply
+        ("unknown option.*seeds", dict(seeds="edt")),
+        ("energy_cut", dict(levels=4, energy_cut=4)),
+        ("multiple of 16", dict(widths=[8, 16, 32, 64], wtn_widths=[8, 16], crop=40)),
+        ("teacher", dict(teacher=2)),
+    )
     seg = make_segmenter("dwt", **TINY)
     check_untrained(seg, tmp_path)

@@ -18,6 +18,8 @@ import pytest
 if importlib.util.find_spec("tensorflow") is None:
     pytest.skip("tensorflow is not installed", allow_module_level=True)
 
+from conftest import check_refused  # noqa: E402
+
 from cellsynth.benchmark.segmenters import available, make_segmenter  # noqa: E402
 from cellsynth.benchmark.segmenters.mesmer import (  # noqa: E402
     MesmerSegmenter,
@@ -277,12 +279,12 @@ def test_errors(models, tmp_path, monkeypatch):
     with pytest.raises(CellsynthError, match=r"outputs with \(1, 3, 1, 2\) channels") as e:
         make_segmenter("mesmer", model=str(wrong)).predict(img)
     _one_line(e)
-    with pytest.raises(CellsynthError, match="unknown option"):
-        make_segmenter("mesmer", no_such=1)
-    with pytest.raises(CellsynthError, match="compartment"):
-        make_segmenter("mesmer", compartment="cytoplasm")
-    with pytest.raises(CellsynthError, match="image_mpp"):
-        make_segmenter("mesmer", image_mpp=0)
+    check_refused(
+        "mesmer",
+        ("unknown option", dict(no_such=1)),
+        ("compartment", dict(compartment="cytoplasm")),
+        ("image_mpp", dict(image_mpp=0)),
+    )
     seg = make_segmenter("mesmer", model=str(models["keras"]))
     with pytest.raises(CellsynthError, match="H x W"):
         seg.predict(np.zeros((4, 5, 6, 7)))

@@ -10,7 +10,7 @@ from scipy import ndimage as ndi
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
-from conftest import SMALL_MASKRCNN, disks_dataset, disks_labels  # noqa: E402
+from conftest import SMALL_MASKRCNN, check_refused, disks_dataset, disks_labels  # noqa: E402
 
 from cellsynth.benchmark.segmenters import get_segmenter_class, make_segmenter  # noqa: E402
 from cellsynth.benchmark.segmenters.swin import (  # noqa: E402
@@ -192,14 +192,13 @@ def test_registered_and_options():
     assert cls.trainable and cls.name == "swin"
     seg = make_segmenter("swin")
     assert seg.options["arch"] == "swin_t_fpn" and seg.options["swin_embed_dim"] == 96
-    with pytest.raises(CellsynthError, match="unknown option.*no_such_option"):
-        make_segmenter("swin", no_such_option=1)
-    with pytest.raises(CellsynthError, match="arch"):
-        make_segmenter("swin", arch="resnet18_fpn")
-    with pytest.raises(CellsynthError, match="space_fill"):
-        make_segmenter("swin", space_fill=1.5)
-    with pytest.raises(CellsynthError, match="heads"):
-        make_segmenter("swin", swin_embed_dim=12, swin_heads=[5, 5, 5, 5])
+    check_refused(
+        "swin",
+        ("unknown option.*no_such_option", dict(no_such_option=1)),
+        ("arch", dict(arch="resnet18_fpn")),
+        ("space_fill", dict(space_fill=1.5)),
+        ("heads", dict(swin_embed_dim=12, swin_heads=[5, 5, 5, 5])),
+    )
     seg = make_segmenter("swin", **TINY_SWIN)
     with pytest.raises(CellsynthError, match="not trained"):
         seg.predict(np.zeros((32, 32), np.uint8))
