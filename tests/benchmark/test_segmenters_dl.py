@@ -33,7 +33,16 @@ from cellsynth.benchmark.segmenters._torchutil import (  # noqa: E402
     random_crop,
     random_flip_rot,
 )
+from cellsynth.benchmark.segmenters.base import package_version  # noqa: E402
 from cellsynth.errors import CellsynthError  # noqa: E402
+
+# cellpose 4 neither trains nor loads a CPnet (its Cellpose-SAM tests: test_cellpose_sam.py)
+CELLPOSE_VERSION = package_version("cellpose")
+CELLPOSE4 = CELLPOSE_VERSION[:1].isdigit() and int(CELLPOSE_VERSION.split(".")[0]) >= 4
+needs_cellpose3 = pytest.mark.skipif(
+    CELLPOSE4,
+    reason=f"a CPnet (training, cellpose 3 models) needs cellpose 3.x; installed {CELLPOSE_VERSION}",
+)
 
 TINY = {
     "u2net": dict(variant="small", crop=32, tile=64, batch_size=2),
@@ -54,7 +63,9 @@ def tiny_dataset(tmp_path_factory):
 
 # --- each segmenter: fit, predict, save/load round trip --------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["u2net", "unet", "maskrcnn", "cellpose"])
+@pytest.mark.parametrize(
+    "name", ["u2net", "unet", "maskrcnn", pytest.param("cellpose", marks=needs_cellpose3)]
+)
 def test_fit_predict_save_load(name, tiny_dataset, tmp_path):
     seg = make_segmenter(name, **TINY[name])
     assert seg.trainable
@@ -99,7 +110,8 @@ def test_unknown_option_and_untrained(name, tmp_path):
     with pytest.raises(CellsynthError, match="unknown option"):
         make_segmenter(name, no_such_option=1)
     seg = make_segmenter(name, **TINY[name])
-    check_untrained(seg, tmp_path)
+    # cellpose 4 cannot train: its fit says so before it looks at the data
+    check_untrained(seg, tmp_path, can_fit=not (name == "cellpose" and CELLPOSE4))
 
 
 def test_bad_sizes_rejected():
@@ -115,6 +127,7 @@ def test_bad_sizes_rejected():
         make_segmenter("maskrcnn", arch="vgg")
 
 
+@needs_cellpose3
 def test_cellpose_pretrained_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(tmp_path / "models"))
     with pytest.raises(CellsynthError, match=r"cyto3.*not available offline.*models"):
@@ -132,6 +145,7 @@ def test_cellpose_pretrained_missing(tmp_path, monkeypatch):
             make_segmenter("cellpose", model="cpsam")
 
 
+@needs_cellpose3
 def test_cellpose_local_weights_by_path(tiny_dataset, tmp_path, monkeypatch):
     """A CPnet file saved the Cellpose way loads by path (as a pretrained model)."""
     monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(tmp_path / "models"))

@@ -16,8 +16,22 @@ probability) followed by Cellpose's own ``dynamics.compute_masks`` with those th
 Pretrained (``model="cyto3"``, ``"nuclei"``, other built-in names, or a file path): the weights
 must already be in the Cellpose model folder (``$CELLPOSE_LOCAL_MODELS_PATH`` or
 ``~/.cellpose/models``); a missing file raises CellsynthError saying which file and where.
-``model="cpsam"`` (Cellpose-SAM) needs cellpose >= 4. Nothing here reaches the network: the
-download function of cellpose is replaced by one that raises while this module calls cellpose.
+Nothing here reaches the network: the download function of cellpose is replaced by one that
+raises while this module calls cellpose.
+
+Cellpose 4 (Cellpose-SAM): with cellpose >= 4 installed, ``model`` is one of cellpose 4's
+built-in names (``cpsam``, ``cpsam_v2``, ``cpdino``, ``cpdino-vitb`` in 4.2; the file of that
+name in the model folder) or the path of a cellpose 4 weights file; with cellpose 3 these names
+raise "needs cellpose >= 4". The file is checked before cellpose sees the name, because
+cellpose 4 downloads a missing built-in model and replaces an unknown name by its default model
+(downloading that). Prediction is cellpose 4's own ``CellposeModel.eval`` (network, tiling,
+resampling and mask step) with the options ``diameter`` (None: no rescaling, the model's own
+scale), ``flow_threshold``, ``cellprob_threshold``, ``min_size``, ``max_size_fraction``,
+``niter``, ``augment``, ``tile_overlap`` and ``batch_size`` (tiles per forward pass), all
+defaulting to cellpose 4's defaults; ``precision`` picks the weights' dtype (cellpose 4's
+``use_bfloat16``: ``auto`` is bf16 where the device has native bf16, else fp32). The tile size
+is the model's own (256 for Cellpose-SAM), so ``bsize`` is not used; cellpose 4 cannot train a
+CPnet from scratch (``fit`` needs cellpose 3).
 """
 
 from __future__ import annotations
@@ -43,7 +57,7 @@ from cellsynth.benchmark.segmenters._torchutil import (
     to_device,
 )
 from cellsynth.benchmark.segmenters.base import Segmenter, package_version, register
-from cellsynth.errors import CellsynthError
+from cellsynth.errors import CellsynthError, first_line
 from cellsynth.tools.labels import relabel_sequential
 
 try:
@@ -80,6 +94,14 @@ DEFAULTS = {
     "n_evals": 5,  # validation points along the training (each costs ~2 s per image)
     "tune": True,  # choose the thresholds on the validation slice
 }
+# eval options of cellpose 4 models only (cellpose 4's defaults); refused elsewhere when changed
+CP4_DEFAULTS = {
+    "max_size_fraction": 0.4,  # masks larger than this fraction of the image are removed
+    "niter": None,  # dynamics iterations; None: 200, scaled with the diameter
+    "augment": False,  # overlapping flipped tiles averaged
+    "tile_overlap": 0.1,
+}
+DEFAULTS.update(CP4_DEFAULTS)
 
 # post-processing candidates chosen on the validation slice (from the flows computed once)
 TUNE_GRID = {
@@ -90,6 +112,11 @@ TUNE_GRID = {
 
 # built-in model name -> file name in the Cellpose model folder (cellpose 3.x naming)
 _LEGACY = {"cyto": "cytotorch_0", "cyto2": "cyto2torch_0", "nuclei": "nucleitorch_0"}
+
+# cellpose 4's built-in models (its models.MODEL_NAMES in 4.2): cellpose 3 cannot run them
+CP4_MODELS = ("cpsam", "cpsam_v2", "cpdino", "cpdino-vitb")
+# where cellpose 4 downloads them from (named in the error for a missing file)
+CP4_MODEL_URL = "https://huggingface.co/mouseland/cellpose-sam/resolve/main/"
 
 
 def cellpose_model_dir() -> Path:
@@ -118,15 +145,24 @@ def offline():
         utils.download_url_to_file = saved
 
 
-def resolve_pretrained(model: str) -> str:
-    """Built-in name or path -> path of an existing weights file (no download).
-
-    Raises CellsynthError naming the missing file and the folder to put it in."""
+def _local_file(model: str) -> str | None:
+    """``model`` as an existing file's path; None when it reads as a name; CellsynthError for a
+    path (with a folder separator or a suffix) that is not there."""
     path = Path(os.path.expanduser(str(model)))
     if path.is_file():
         return str(path)
     if os.sep in str(model) or path.suffix:
         raise CellsynthError(f"cellpose: model file {path} not found")
+    return None
+
+
+def resolve_pretrained(model: str) -> str:
+    """Built-in name or path -> path of an existing weights file (no download).
+
+    Raises CellsynthError naming the missing file and the folder to put it in."""
+    local = _local_file(model)
+    if local is not None:
+        return local
     from cellpose import models
 
     names = set(models.MODEL_NAMES)
@@ -140,6 +176,32 @@ def resolve_pretrained(model: str) -> str:
         raise CellsynthError(
             f"cellpose: pretrained model {model!r} is not available offline: put the file "
             f"{fname} (from https://www.cellpose.org/models/{fname}) into {target.parent} "
+            "(or set CELLPOSE_LOCAL_MODELS_PATH), or give a local model path"
+        )
+    return str(target)
+
+
+def resolve_pretrained_cp4(model: str) -> str:
+    """Cellpose 4 built-in name or path -> path of an existing weights file (no download).
+
+    Raises CellsynthError naming the missing file and the folder to put it in, or the known
+    names for an unknown one (cellpose 4 itself would download its default model instead)."""
+    local = _local_file(model)
+    if local is not None:
+        return local
+    from cellpose import models
+
+    names = list(getattr(models, "MODEL_NAMES", CP4_MODELS))
+    if model not in names:
+        raise CellsynthError(
+            f"cellpose {CELLPOSE_VERSION}: unknown model {model!r}; give a path or one of "
+            f"{', '.join(names)} (cellpose 3 models such as cyto3 need cellpose 3.1)"
+        )
+    target = cellpose_model_dir() / model
+    if not target.is_file():
+        raise CellsynthError(
+            f"cellpose: pretrained model {model!r} is not available offline: put the file "
+            f"{model} (from {CP4_MODEL_URL}{model}) into {target.parent} "
             "(or set CELLPOSE_LOCAL_MODELS_PATH), or give a local model path"
         )
     return str(target)
@@ -170,7 +232,10 @@ class CellposeSegmenter(Segmenter):
     """Cellpose (see the module docstring). Options: see ``DEFAULTS``."""
 
     name = "cellpose"
-    requires = "cellpose>=3.1,<4 (pip install 'cellsynth[benchmark]')"
+    requires = (
+        "cellpose>=3.1,<4 (pip install 'cellsynth[benchmark]'); Cellpose-SAM: cellpose>=4 in "
+        "its own environment"
+    )
     trainable = True
     DEFAULTS = DEFAULTS
 
@@ -181,8 +246,30 @@ class CellposeSegmenter(Segmenter):
             raise CellsynthError(f"cellpose: bsize {o['bsize']} must be a multiple of 16, >= 32")
         self.model = None
         self.precision = None
+        # a cellpose 4 model (Cellpose-SAM): predicted by cellpose 4's own eval
+        self.cp4 = o["model"] is not None and CELLPOSE_MAJOR >= 4
+        self._check_cp4_options()
         if o["model"] is not None:
             self._load_pretrained(o["model"])
+
+    def _check_cp4_options(self) -> None:
+        """Refuse options that would be silently ignored: the cellpose 4 eval options away from
+        cellpose 4 models, and cellpose 3's channel choice with them."""
+        o = self.options
+        if self.cp4:
+            changed = [k for k in ("channels", "nchan") if _listed(o[k]) != DEFAULTS[k]]
+            if changed:
+                raise CellsynthError(
+                    f"cellpose: option(s) {', '.join(changed)} are not used by cellpose 4 "
+                    "models (they take the image's first 3 channels as they are)"
+                )
+            return
+        changed = [k for k, v in CP4_DEFAULTS.items() if o[k] != v]
+        if changed:
+            raise CellsynthError(
+                f"cellpose: option(s) {', '.join(changed)} apply to cellpose 4 models only "
+                f"(model=cpsam or a cellpose 4 file, with cellpose >= 4; here {CELLPOSE_VERSION})"
+            )
 
     # --- building ------------------------------------------------------------------------
     def _cellpose_model(self, pretrained, diam_mean: float):
@@ -207,30 +294,48 @@ class CellposeSegmenter(Segmenter):
         return cpm
 
     def _load_pretrained(self, model: str) -> None:
-        if model == "cpsam":
-            if CELLPOSE_MAJOR < 4:
-                raise CellsynthError(
-                    f"cellpose: Cellpose-SAM (cpsam) needs cellpose >= 4; installed "
-                    f"{CELLPOSE_VERSION}. pip install 'cellpose>=4' (and put the cpsam weights "
-                    f"into {cellpose_model_dir()})"
-                )
-            path = resolve_pretrained_cp4("cpsam")
-            from cellpose import models
-
-            with offline():
-                self.model = models.CellposeModel(
-                    gpu=get_device(self.options["device"]).type == "cuda",
-                    pretrained_model=path,
-                )
-            return
         if CELLPOSE_MAJOR >= 4:
+            self._load_cp4(model)
+            return
+        if model in CP4_MODELS:
             raise CellsynthError(
-                f"cellpose {CELLPOSE_VERSION}: only cpsam is supported with cellpose 4; "
-                "install cellpose 3.1 for other models (pip install 'cellpose>=3.1,<4')"
+                f"cellpose: {model} (Cellpose-SAM) needs cellpose >= 4; installed "
+                f"{CELLPOSE_VERSION}. pip install 'cellpose>=4' in its own environment (see the "
+                f"README) and put the {model} weights into {cellpose_model_dir()}"
             )
         path = resolve_pretrained(model)
         diam_mean = 17.0 if model == "nuclei" else 30.0
         self.model = self._cellpose_model(path, diam_mean)
+
+    def _load_cp4(self, model: str) -> None:
+        """A cellpose 4 model from an existing local file, built offline in the precision
+        chosen (cellpose 4 keeps the weights in bf16 or fp32: its ``use_bfloat16``)."""
+        from cellpose import models, vit
+
+        path = resolve_pretrained_cp4(model)
+        device, precision = device_precision(self.options)
+        try:
+            # cellpose 4 builds a DINOv3 network from the separate dinov3 package
+            if not hasattr(vit, "dinov3_vitl16") and models.get_backbone(path).startswith("dino"):
+                raise CellsynthError(
+                    f"cellpose: {path} is a Cellpose-DINO model, which needs the dinov3 package "
+                    "(pip install git+https://github.com/facebookresearch/dinov3)"
+                )
+            with offline():
+                self.model = models.CellposeModel(
+                    gpu=device.type == "cuda",
+                    device=device,
+                    pretrained_model=path,
+                    use_bfloat16=precision == "bf16",
+                )
+        except CellsynthError:
+            raise
+        except Exception as exc:  # not a cellpose 4 file: cellpose / torch say why
+            raise CellsynthError(
+                f"cellpose {CELLPOSE_VERSION}: cannot load {path} as a cellpose 4 model "
+                f"({first_line(exc, type(exc).__name__)})"
+            ) from None
+        self.precision = precision
 
     # --- training ------------------------------------------------------------------------
     def fit(self, train, workdir, budget_minutes=None, epochs=None, progress=True) -> None:
@@ -396,13 +501,33 @@ class CellposeSegmenter(Segmenter):
         probability, then Cellpose's mask step with the (chosen) thresholds."""
         if self.model is None:
             raise CellsynthError("cellpose: model is not trained; call fit() or load() first")
-        if self.options["model"] == "cpsam":  # pragma: no cover - needs cellpose 4
-            img, ax = _images_for_cellpose(image)
-            with offline():
-                masks = self.model.eval(img, channel_axis=ax, progress=False)[0]
-            return relabel_sequential(np.asarray(masks))
+        if self.cp4:
+            return self._predict_cp4(image)
         dP, cellprob = self._net_output(image)
         return self._masks(dP, cellprob, self.options)
+
+    def _predict_cp4(self, image: np.ndarray) -> np.ndarray:
+        """Cellpose 4's ``CellposeModel.eval`` (percentile normalisation, tiles of the model's
+        size, resampling to the image and its mask step) with this segmenter's options."""
+        o = self.options
+        img, ax = _images_for_cellpose(image)
+        diameter = None if o["diameter"] is None else float(o["diameter"])
+        with offline():
+            masks = self.model.eval(
+                img,
+                channel_axis=ax,
+                batch_size=int(o["batch_size"]),
+                normalize={"normalize": True},  # a dict: cellpose 4 edits a bool into its default
+                diameter=diameter,
+                flow_threshold=float(o["flow_threshold"]),
+                cellprob_threshold=float(o["cellprob_threshold"]),
+                min_size=int(o["min_size"]),
+                max_size_fraction=float(o["max_size_fraction"]),
+                niter=None if o["niter"] is None else int(o["niter"]),
+                augment=bool(o["augment"]),
+                tile_overlap=float(o["tile_overlap"]),
+            )[0]
+        return relabel_sequential(np.asarray(masks))
 
     # --- persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -424,6 +549,11 @@ class CellposeSegmenter(Segmenter):
             options = json.loads(opt_file.read_text())
             if options.get("model") is not None:
                 return cls(**options)
+        if CELLPOSE_MAJOR >= 4 and (Path(path) / "weights.pt").is_file():
+            raise CellsynthError(
+                f"{path}: a CPnet trained here needs cellpose 3.1 to load; installed "
+                f"{CELLPOSE_VERSION} (pip install 'cellpose>=3.1,<4')"
+            )
         state, options, info = load_weights(path, cls.name)
         options = {**options, "model": None}
         seg = cls(**options)
@@ -442,15 +572,9 @@ class CellposeSegmenter(Segmenter):
         return seg
 
 
-def resolve_pretrained_cp4(name: str) -> str:  # pragma: no cover - needs cellpose 4
-    """Cellpose 4 model name -> existing local file (no download)."""
-    target = cellpose_model_dir() / name
-    if not target.is_file():
-        raise CellsynthError(
-            f"cellpose: pretrained model {name!r} is not available offline: put the file "
-            f"{name} into {target.parent} (or set CELLPOSE_LOCAL_MODELS_PATH)"
-        )
-    return str(target)
+def _listed(value):
+    """A tuple option as the list that JSON gives back (other values as they are)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _outputs_to_float(module, inputs, outputs):
