@@ -142,14 +142,13 @@ def test_budgeted_fit_epochs_exact_and_errors():
 
 
 # --- the segmenters ----------------------------------------------------------------------------
-BUDGET = {"unet": 0.25, "u2net": 0.4, "maskrcnn": 0.8, "cellpose": 0.4}
+# Learning is checked over a fixed number of epochs (the same steps on every machine); the
+# minutes budget separately, with budgets too short to learn in on a slow CPU.
+EPOCHS = {"unet": 60, "u2net": 50, "maskrcnn": 12, "cellpose": 20}
+BUDGET = {"unet": 0.1, "u2net": 0.15, "maskrcnn": 0.25, "cellpose": 0.15}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["unet", "u2net", "maskrcnn", "cellpose"])
-def test_segmenter_learns_within_budget(name, disks, tmp_path):
-    """Better than untrained on the validation slice; the budget is spent, not overrun; the
-    chosen post-processing is stored, and reused after save/load."""
+def _fitted(name, disks, folder, **fit):
     seg = make_segmenter(name, **TINY[name], val_fraction=0.2, n_evals=4, precision="fp32")
     untrained = None
     if name == "maskrcnn":  # it skips scoring its untrained state (hundreds of boxes): do it here
@@ -157,30 +156,49 @@ def test_segmenter_learns_within_budget(name, disks, tmp_path):
         seg._ensure_model()
         val = [disks[i] for i in val_idx]
         untrained = pooled_ap50([s.labels for s in val], [seg.predict(s.image) for s in val])
-    t0 = time.perf_counter()
-    seg.fit(disks, tmp_path / "work", budget_minutes=BUDGET[name], progress=False)
-    took = time.perf_counter() - t0
-    budget_s = BUDGET[name] * 60
-    assert 0.75 * budget_s <= took <= budget_s + 4.0, took
+    seg.fit(disks, folder, progress=False, **fit)
     info = seg.info
     assert info["precision"] == "fp32" and info["validation"]["n_images"] == 2
     curve = info["curve"]
     if untrained is None:
         assert curve[0]["steps"] == 0
         untrained = curve[0]["val_ap50"]
-    assert len(curve) >= 3
-    assert info["best"]["val_ap50"] > untrained + 0.2, (untrained, curve)
     post = info["postprocess"]
-    # how many candidates fit in what the budget left depends on the machine's load
+    # how many candidates fit in what a budget left depends on the machine's load
     assert post["tried"] >= 1 and post["val_ap50"] >= post["default_val_ap50"]
     for key, value in post["params"].items():
         assert seg.options[key] == value
+    return seg, untrained
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["unet", "u2net", "maskrcnn", "cellpose"])
+def test_segmenter_learns(name, disks, tmp_path):
+    """Better than untrained on the validation slice after a fixed number of epochs; the chosen
+    post-processing is stored, and reused after save/load."""
+    seg, untrained = _fitted(name, disks, tmp_path / "work", epochs=EPOCHS[name])
+    info = seg.info
+    assert len(info["curve"]) >= 3
+    assert info["best"]["val_ap50"] > untrained + 0.2, (untrained, info["curve"])
     image = disks[0].image
     lab = seg.predict(image)
     again = type(seg).load(tmp_path / "work" / "model")
     assert again.options == seg.options
-    assert again.info["postprocess"] == post
+    assert again.info["postprocess"] == info["postprocess"]
     np.testing.assert_array_equal(again.predict(image), lab)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["unet", "u2net", "maskrcnn", "cellpose"])
+def test_segmenter_spends_its_budget(name, disks, tmp_path):
+    """A minutes budget is spent, not overrun (imports, validation and the post-processing
+    choice included), and the curve has its points."""
+    t0 = time.perf_counter()
+    seg, _ = _fitted(name, disks, tmp_path / "work", budget_minutes=BUDGET[name])
+    took = time.perf_counter() - t0
+    budget_s = BUDGET[name] * 60
+    assert 0.75 * budget_s <= took <= budget_s + 4.0, took
+    assert seg.info["budget_minutes"] == BUDGET[name] and len(seg.info["curve"]) >= 2
 
 
 def test_dense_bf16_close_to_fp32(disks, monkeypatch):
