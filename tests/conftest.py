@@ -164,6 +164,30 @@ def check_untrained(seg, folder: Path, can_fit: bool = True) -> None:
         seg.fit([], folder, epochs=1, progress=False)
 
 
+def tiny_sam_encoder(img_size: int, out_chans: int, window_size: int):
+    """segment_anything's ViT image encoder at test size: 32 wide, 2 blocks (one windowed, one
+    global), 16-pixel patches; random weights (the micro-sam and Cellpose-SAM tests)."""
+    from functools import partial
+
+    import torch
+    from segment_anything.modeling import ImageEncoderViT
+
+    return ImageEncoderViT(
+        img_size=img_size,
+        patch_size=16,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        mlp_ratio=2.0,
+        out_chans=out_chans,
+        qkv_bias=True,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True,
+        window_size=window_size,
+        global_attn_indexes=(1,),
+    )
+
+
 # A Mask R-CNN small enough to train on 64 x 64 disks on the CPU in seconds (each test file adds
 # its own detection limits and learning rate).
 SMALL_MASKRCNN = dict(

@@ -15,7 +15,6 @@ cellpose 3 error for ``model="cpsam"`` is tested in test_segmenters_dl.py.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import shutil
 import types
@@ -26,7 +25,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("cellpose")
 
-from conftest import check_labels, check_odd_inputs, disks_sample  # noqa: E402
+from conftest import (  # noqa: E402
+    check_labels,
+    check_odd_inputs,
+    disks_sample,
+    tiny_sam_encoder,
+)
 
 from cellsynth.benchmark.segmenters import cellpose as cp  # noqa: E402
 from cellsynth.benchmark.segmenters import make_segmenter  # noqa: E402
@@ -51,23 +55,8 @@ EVAL_KEYS = [
 
 def _tiny_sam(checkpoint=None):
     """Stands in for segment_anything's ``build_sam_vit_l``: only the image encoder, tiny."""
-    from segment_anything.modeling import ImageEncoderViT
-
     assert checkpoint is None  # cellpose 4 builds the encoder untrained, then loads its file
-    encoder = ImageEncoderViT(
-        img_size=1024,
-        patch_size=16,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        mlp_ratio=2.0,
-        out_chans=32,
-        qkv_bias=True,
-        norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
-        use_rel_pos=True,
-        window_size=14,
-        global_attn_indexes=(1,),
-    )
+    encoder = tiny_sam_encoder(1024, 32, 14)
     return types.SimpleNamespace(image_encoder=encoder)
 
 

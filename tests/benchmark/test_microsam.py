@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 import socket
 import sys
-from functools import partial
 
 import numpy as np
 import pytest
@@ -18,12 +17,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("micro_sam.automatic_segmentation", reason="micro-sam is not installed")
 
-from conftest import disks_sample  # noqa: E402
+from conftest import disks_sample, tiny_sam_encoder  # noqa: E402
 from micro_sam import util as ms_util  # noqa: E402
 from micro_sam.instance_segmentation import get_unetr  # noqa: E402
 from segment_anything import sam_model_registry  # noqa: E402
 from segment_anything.modeling import (  # noqa: E402
-    ImageEncoderViT,
     MaskDecoder,
     PromptEncoder,
     Sam,
@@ -47,20 +45,7 @@ def tiny_sam(seed: int = 0) -> Sam:
     0.1 M parameters, random weights."""
     torch.manual_seed(seed)
     return Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=64,
-            patch_size=16,
-            embed_dim=32,
-            depth=2,
-            num_heads=2,
-            mlp_ratio=2.0,
-            out_chans=16,
-            qkv_bias=True,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True,
-            window_size=2,
-            global_attn_indexes=(1,),
-        ),
+        image_encoder=tiny_sam_encoder(64, 16, 2),
         prompt_encoder=PromptEncoder(
             embed_dim=16, image_embedding_size=(4, 4), input_image_size=(64, 64), mask_in_chans=4
         ),
