@@ -178,7 +178,7 @@ def build_args(opts: dict, data, c_dim: int) -> dict:
         map_depth=int(opts["map_depth"]),
         z_dim=int(opts.get("z_dim") or ARCH_DEFAULTS["z_dim"]),
         w_dim=int(opts.get("w_dim") or ARCH_DEFAULTS["w_dim"]),
-        num_fp16_res=0 if _precision(opts) == "fp32" else 4,
+        num_fp16_res=0 if _precision(opts) == "fp32" else ARCH_DEFAULTS["num_fp16_res"],
     )
     if opts["cfg"] != "stylegan2":  # the magnitude EMA of stylegan3 layers follows the batch
         args["g_kwargs"] = {"magnitude_ema_beta": 0.5 ** (int(opts["batch"]) / 20000)}
