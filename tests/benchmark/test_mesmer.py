@@ -21,6 +21,7 @@ if importlib.util.find_spec("tensorflow") is None:
 from conftest import check_refused  # noqa: E402
 
 from cellsynth.benchmark.segmenters import available, make_segmenter  # noqa: E402
+from cellsynth.benchmark.segmenters._tfutil import import_tensorflow  # noqa: E402
 from cellsynth.benchmark.segmenters.mesmer import (  # noqa: E402
     MesmerSegmenter,
     deep_watershed,
@@ -28,7 +29,6 @@ from cellsynth.benchmark.segmenters.mesmer import (  # noqa: E402
     resample,
     two_channels,
 )
-from cellsynth.benchmark.segmenters.stardist import import_tensorflow  # noqa: E402
 from cellsynth.errors import CellsynthError  # noqa: E402
 
 try:  # in the safe order (torch's compiler stack first): the other order crashes later tests
@@ -296,7 +296,7 @@ def test_errors(models, tmp_path, monkeypatch):
         _one_line(e)
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # as if not installed
     monkeypatch.setattr(
-        "cellsynth.benchmark.segmenters.stardist.import_tensorflow",
+        "cellsynth.benchmark.segmenters.mesmer.import_tensorflow",
         lambda: __import__("tensorflow"),
     )
     with pytest.raises(CellsynthError, match=r"needs tensorflow .*cellsynth\[stardist\]"):

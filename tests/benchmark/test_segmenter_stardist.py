@@ -21,11 +21,8 @@ from conftest import (  # noqa: E402
 
 from cellsynth.benchmark.metrics import average_precision  # noqa: E402
 from cellsynth.benchmark.segmenters import make_segmenter  # noqa: E402
-from cellsynth.benchmark.segmenters.stardist import (  # noqa: E402
-    StarDistSegmenter,
-    _pad_to,
-    import_tensorflow,
-)
+from cellsynth.benchmark.segmenters._tfutil import import_tensorflow  # noqa: E402
+from cellsynth.benchmark.segmenters.stardist import StarDistSegmenter, _pad_to  # noqa: E402
 from cellsynth.errors import CellsynthError  # noqa: E402
 
 try:  # in the safe order (torch's compiler stack first): the other order crashes later tests
@@ -115,7 +112,7 @@ def test_tensorflow_then_torchvision_in_one_process():
     import subprocess
 
     code = (
-        "from cellsynth.benchmark.segmenters.stardist import import_tensorflow; "
+        "from cellsynth.benchmark.segmenters._tfutil import import_tensorflow; "
         "import_tensorflow(); import torchvision.models.detection; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

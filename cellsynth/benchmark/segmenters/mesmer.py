@@ -64,6 +64,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cellsynth.benchmark.segmenters._tfutil import import_tensorflow, set_tensorflow_threads
 from cellsynth.benchmark.segmenters.base import Segmenter, register
 from cellsynth.errors import CellsynthError, first_line
 from cellsynth.tools.labels import drop_small_objects, relabel_sequential
@@ -94,10 +95,8 @@ POSTPROCESS_KEYS = (
 
 
 def _import_tf():
-    """TensorFlow (after torch, see stardist.import_tensorflow), its threads set from
+    """TensorFlow (after torch, see _tfutil.import_tensorflow), its threads set from
     OMP_NUM_THREADS; one clear line when it is not installed."""
-    from cellsynth.benchmark.segmenters.stardist import import_tensorflow, set_tensorflow_threads
-
     try:
         tf = import_tensorflow()
     except ImportError as exc:

@@ -94,7 +94,7 @@ def _import_microsam() -> SimpleNamespace:
 
     micro-sam's imports load TensorFlow where it is installed (torch_em's tensorboard logger);
     torch's compiler stack (Triton) goes first, as for StarDist: the other order crashes a later
-    torchvision import (see :func:`cellsynth.benchmark.segmenters.stardist.import_tensorflow`)."""
+    torchvision import (see :func:`cellsynth.benchmark.segmenters._tfutil.import_tensorflow`)."""
     try:
         import torch  # noqa: F401
 

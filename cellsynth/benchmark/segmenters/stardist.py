@@ -19,13 +19,13 @@ is used as it is, with no training: nothing is downloaded.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from cellsynth.benchmark.segmenters._fitting import fit_validated
+from cellsynth.benchmark.segmenters._tfutil import import_tensorflow, set_tensorflow_threads
 from cellsynth.benchmark.segmenters._torchutil import (
     check_train,
     cosine_lr_value,
@@ -38,36 +38,6 @@ from cellsynth.errors import CellsynthError
 from cellsynth.tools.labels import label_dtype
 
 INSTALL = "pip install 'cellsynth[stardist]'"
-
-
-def import_tensorflow():
-    """Import TensorFlow after torch's compiler stack (which loads Triton's native libraries):
-    the other order crashes the process (a segmentation fault when torchvision or torch._dynamo
-    loads Triton into a process that already holds TensorFlow), so torch, which every other
-    segmenter uses, goes first. Returns the tensorflow module."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import torch  # noqa: F401
-
-    try:
-        import torch._dynamo  # noqa: F401  (loads triton where it is installed)
-    except Exception:  # noqa: BLE001  (a torch without a working compiler stack)
-        pass
-    import tensorflow as tf
-
-    return tf
-
-
-def set_tensorflow_threads(tf):
-    """TensorFlow's CPU threads from OMP_NUM_THREADS (that many within an op, one across ops),
-    where they can still be set (before TensorFlow starts its thread pools). Returns ``tf``."""
-    threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
-    if threads > 0:
-        try:  # only possible before TensorFlow starts its thread pools
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-        except RuntimeError:
-            pass
-    return tf
 
 
 def _import_stardist():
