@@ -1,8 +1,8 @@
 """The bf16 quality check of issue 13: the same StyleGAN training in fp32 and in bf16, compared.
 
     python perf/bf16_quality.py --resume SNAPSHOT --data MASKS.zip --out DIR
-        [--minutes 20] [--seeds 1,2] [--cfg stylegan2 --cbase 2048 --cmax 64 --zw 64
-        --map-depth 2 --batch 16 --gamma 1 --ada-kimg 100] [--num 1000] [--eval-only]
+        [--minutes 20] [--seeds 1,2] [--cfg stylegan2 --cbase 2048 --cmax 64 --z-dim 64
+        --w-dim 64 --map-depth 2 --batch 16 --gamma 1 --ada-kimg 100] [--num 1000] [--eval-only]
 
 For each seed, two runs start from the same full-state snapshot (``--resume``: G, D, their
 optimizers, the EMA and ADA's p, so both precisions continue one training instead of each
@@ -37,22 +37,27 @@ SNAP = re.compile(r"network-snapshot-(\d+\.\d+)\.pt$")
 PRECISIONS = ("fp32", "bf16")
 
 
+# The training options both runs share (flag: default): those of the shipped mask generator.
+TRAIN = {
+    "cfg": "stylegan2",
+    "cbase": 2048,
+    "cmax": 64,
+    "z-dim": 64,
+    "w-dim": 64,
+    "map-depth": 2,
+    "batch": 16,
+    "gamma": 1.0,
+    "ada-kimg": 100.0,
+}
+
+
 def train_command(args, seed: int, precision: str, outdir: Path) -> list[str]:
     cmd = [sys.executable, "-m", "cellsynth", "stylegan3", "train", "--outdir", str(outdir)]
-    cmd += ["--cfg", args.cfg, "--data", args.data, "--batch", str(args.batch)]
-    cmd += ["--gamma", str(args.gamma), "--ada-kimg", str(args.ada_kimg), "--mirror"]
-    cmd += [
-        "--cbase",
-        str(args.cbase),
-        "--cmax",
-        str(args.cmax),
-        "--map-depth",
-        str(args.map_depth),
-    ]
-    cmd += ["--z-dim", str(args.zw), "--w-dim", str(args.zw), "--workers", "1"]
-    cmd += ["--tick", "1", "--snap", "5", "--seed", str(seed), "--resume", args.resume]
-    cmd += ["--max-minutes", str(args.minutes), "--no-progress"]
-    return cmd + (["--fp32"] if precision == "fp32" else [])
+    for flag in TRAIN:
+        cmd += [f"--{flag}", str(getattr(args, flag.replace("-", "_")))]
+    cmd += ["--data", args.data, "--mirror", "--workers", "1", "--tick", "1", "--snap", "5"]
+    cmd += ["--seed", str(seed), "--resume", args.resume, "--max-minutes", str(args.minutes)]
+    return cmd + ["--no-progress"] + (["--fp32"] if precision == "fp32" else [])
 
 
 def run_pair(args, seed: int) -> None:
@@ -131,14 +136,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--minutes", type=float, default=20.0)
     ap.add_argument("--seeds", default="1,2")
-    ap.add_argument("--cfg", default="stylegan2")
-    ap.add_argument("--cbase", type=int, default=2048)
-    ap.add_argument("--cmax", type=int, default=64)
-    ap.add_argument("--zw", type=int, default=64)
-    ap.add_argument("--map-depth", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--gamma", type=float, default=1.0)
-    ap.add_argument("--ada-kimg", type=float, default=100.0)
+    for flag, default in TRAIN.items():
+        ap.add_argument(f"--{flag}", type=type(default), default=default)
     ap.add_argument("--num", type=int, default=1000)
     ap.add_argument("--tile", type=int, default=128)
     ap.add_argument("--real", default=str(ROOT.parent / "shared/data/dsb2018-fluo"))
