@@ -401,6 +401,11 @@ def fit_validated(
         progress=progress,
         desc=desc,
     )
+    # Training ran channels-last on the CPU; the fitted module predicts in the default layout,
+    # as it does once saved and loaded (in bf16 the two layouts can round differently).
+    import torch
+
+    module.to(memory_format=torch.contiguous_format)
     post = None
     payloads = result["best_payload"]
     if val and options["tune"] and payloads is not None:
