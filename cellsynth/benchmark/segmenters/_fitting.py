@@ -401,11 +401,13 @@ def fit_validated(
         progress=progress,
         desc=desc,
     )
-    # Training ran channels-last on the CPU; the fitted module predicts in the default layout,
-    # as it does once saved and loaded (in bf16 the two layouts can round differently).
+    # A torch module trained channels-last on the CPU predicts in the default layout, as it does
+    # once saved and loaded (in bf16 the two layouts can round differently). StarDist passes a
+    # Keras model's weights here, which have no layout.
     import torch
 
-    module.to(memory_format=torch.contiguous_format)
+    if isinstance(module, torch.nn.Module):
+        module.to(memory_format=torch.contiguous_format)
     post = None
     payloads = result["best_payload"]
     if val and options["tune"] and payloads is not None:
