@@ -26,14 +26,12 @@ import argparse
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SNAP = re.compile(r"network-snapshot-(\d+\.\d+)\.pt$")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -78,11 +76,13 @@ def run_pair(args, seed: int) -> None:
             )
 
 
-def last_snapshot(run_root: Path) -> tuple[Path, Path]:
-    snaps = sorted(run_root.glob("*/network-snapshot-*.pt"), key=lambda p: p.name)
+def last_snapshot(run_root: Path) -> Path:
+    from cellsynth.stylegan3.snapshot import list_snapshots
+
+    snaps = list_snapshots(run_root)
     if not snaps:
         sys.exit(f"bf16_quality: no snapshot under {run_root}")
-    return snaps[-1], snaps[-1].parent
+    return snaps[-1]
 
 
 def finite_losses(run_dir: Path) -> bool:
@@ -97,30 +97,32 @@ def finite_losses(run_dir: Path) -> bool:
     return True
 
 
-def start_kimg(resume: str) -> float | None:
-    m = SNAP.search(resume)
-    return float(m.group(1)) if m else None
+def kimg_of(path: str | Path) -> float | None:
+    """The kimg in a snapshot's file name (None for another name, e.g. a shipped model)."""
+    from cellsynth.stylegan3.snapshot import snapshot_nimg
+
+    nimg = snapshot_nimg(Path(path).name)
+    return None if nimg is None else nimg / 1000
 
 
 def measure(args, seed: int, precision: str, train, test) -> dict:
     from pretrained_goals import mask_figures
 
-    snap, run_dir = last_snapshot(Path(args.out) / f"pair{seed}" / precision)
+    snap = last_snapshot(Path(args.out) / f"pair{seed}" / precision)
     opts = argparse.Namespace(
         masks=str(snap), fp32=precision == "fp32", num=args.num, tile=args.tile, min_size=0,
         grid_dir=None,
     )  # fmt: skip
     fig = mask_figures(opts, train, test)
     w1 = {k: v["generated"] for k, v in fig["w1"].items()}
-    kimg = float(SNAP.search(snap.name).group(1))
-    start = start_kimg(args.resume)
+    kimg, start = kimg_of(snap), kimg_of(args.resume)
     return {
         "seed": seed,
         "precision": precision,
         "snapshot": str(snap),
         "kimg": kimg,
         "kimg_trained": None if start is None else round(kimg - start, 3),
-        "finite": finite_losses(run_dir),
+        "finite": finite_losses(snap.parent),
         "objects_per_tile": round(fig["objects_per_tile"]["generated"], 2),
         "mean_area": round(fig["mean_area"]["generated"], 1),
         "touching": round(fig["touching_fraction"]["generated"], 3),
@@ -151,6 +153,8 @@ def main() -> None:
     if not cpu_has_bf16():
         sys.exit(f"bf16_quality: this CPU ({cpu_kind()}) has no native bf16; nothing to compare")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if not args.eval_only and not Path(args.data).is_file():
+        sys.exit(f"bf16_quality: no masks zip at {args.data}")
     if not args.eval_only:
         for seed in seeds:
             t0 = time.time()
