@@ -1,7 +1,8 @@
 """Pick a mask generator's snapshot on the TRAIN split (the test split stays held out).
 
     OMP_NUM_THREADS=1 python perf/pick_snapshot.py RUN_DIR [--every 8] [--num 200]
-        [--data ../shared/data/dsb2018-fluo] [--tile 128] [--log picks.jsonl]
+        [--data ../shared/data/dsb2018-fluo] [--tile 128] [--log picks.jsonl] [--trunc 1,0.8]
+        [--marker-thresh 0.4,0.55]
 
 For every ``network-snapshot-*.pt`` in RUN_DIR whose kimg is a multiple of ``--every``:
 ``--num`` generated tiles (seeds 1000 on; a conditional generator draws each seed's class
@@ -9,18 +10,21 @@ from its training frequencies) decoded to instances, against the real *train* ti
 generator's scale (``--tile`` px crops, no overlap, empty ones skipped): objects per tile,
 mean area, touching fraction, the share of empty generated tiles, the share of near-duplicate
 pairs of tiles (foreground IoU > 0.5: a repeated layout, i.e. mode collapse), and the normalised
-Wasserstein-1 morphology distances of the realism measure. Prints one JSON line per snapshot
-(appended to ``--log`` too, which also lets a later call skip the snapshots already measured)
-and, last, the snapshot with the lowest mean W1 distance.
+Wasserstein-1 morphology distances of the realism measure. With ``--trunc`` (a comma list of
+truncation psi values) and ``--marker-thresh`` (a comma list of the decoder's seed levels) each
+snapshot is measured at each setting, so the settings a shipped generator records
+(``models export --trunc --marker-thresh``) are chosen on the train split too. Prints one JSON
+line per snapshot and setting (appended to ``--log`` too, which also lets a later call skip what
+was already measured) and, last, the one with the lowest mean W1 distance.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
+import numpy as np
 from pretrained_goals import (
     ROOT,
     label_tiles,
@@ -29,39 +33,44 @@ from pretrained_goals import (
     touching_fraction,
 )
 
-SNAP = re.compile(r"network-snapshot-(\d+(?:\.\d+)?)\.pt$")
-
 
 def snapshots(run_dir: Path, every: float) -> list[tuple[float, Path]]:
+    from cellsynth.stylegan3.snapshot import snapshot_nimg
+
     found = []
     for p in sorted(run_dir.glob("network-snapshot-*.pt")):
-        m = SNAP.search(p.name)
-        if m and int(float(m.group(1))) % max(int(every), 1) == 0:
-            found.append((float(m.group(1)), p))
+        nimg = snapshot_nimg(p.name)
+        if nimg is not None and (nimg // 1000) % max(int(every), 1) == 0:
+            found.append((nimg / 1000, p))
     return found
 
 
-def measure(path: Path, real, num: int) -> dict:
+def measure(path: Path, real, num: int, trunc: float, markers) -> list[dict]:
     from cellsynth.stylegan3.generate import MaskGenerator
     from cellsynth.stylegan3.metrics import realism
 
     gen = MaskGenerator.load(path)
     seeds = list(range(1000, 1000 + num))
-    fake = []
-    for i in range(0, num, 50):
-        fake += gen.decode(gen.generate(seeds[i : i + 50], batch=25))
-    r = realism(real, fake)
-    row = {
-        "objects_per_tile": round(r["objects_per_image_fake"], 2),
-        "mean_area": round(r["mean_area_fake"], 1),
-        "touching": round(touching_fraction(fake), 3),
-        "empty_share": round(sum(int(f.max(initial=0)) == 0 for f in fake) / len(fake), 3),
-        "near_duplicate_share": round(near_duplicate_share(fake), 4),
-        "w1_mean": round(r["w1_mean"], 3),
-    }
-    for f in ("area", "perimeter", "eccentricity", "solidity", "count"):
-        row[f"w1_{f}"] = None if r[f"w1_{f}"] is None else round(r[f"w1_{f}"], 3)
-    return row
+    x = np.concatenate(
+        [gen.generate(seeds[i : i + 50], batch=25, trunc=trunc) for i in range(0, num, 50)]
+    )
+    rows = []
+    for marker in markers:
+        fake = gen.decode(x, marker_thresh=marker)
+        r = realism(real, fake)
+        row = {
+            "marker_thresh": marker,
+            "objects_per_tile": round(r["objects_per_image_fake"], 2),
+            "mean_area": round(r["mean_area_fake"], 1),
+            "touching": round(touching_fraction(fake), 3),
+            "empty_share": round(sum(int(f.max(initial=0)) == 0 for f in fake) / len(fake), 3),
+            "near_duplicate_share": round(near_duplicate_share(fake), 4),
+            "w1_mean": round(r["w1_mean"], 3),
+        }
+        for f in ("area", "perimeter", "eccentricity", "solidity", "count"):
+            row[f"w1_{f}"] = None if r[f"w1_{f}"] is None else round(r[f"w1_{f}"], 3)
+        rows.append(row)
+    return rows
 
 
 def main():
@@ -72,7 +81,15 @@ def main():
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/dsb2018-fluo"))
     ap.add_argument("--tile", type=int, default=128)
     ap.add_argument("--log", default=None, help="JSONL to append to (and to resume from)")
+    ap.add_argument("--trunc", default="1", help="truncation psi values, comma-separated")
+    ap.add_argument(
+        "--marker-thresh",
+        default=None,
+        help="decoder seed levels, comma-separated (default: the file's)",
+    )
     args = ap.parse_args()
+    truncs = [float(t) for t in args.trunc.split(",")]
+    markers = [float(t) for t in args.marker_thresh.split(",")] if args.marker_thresh else [None]
     from cellsynth.stylegan3.generate import MaskGenerator
 
     run_dir = Path(args.run_dir)
@@ -81,7 +98,11 @@ def main():
         raise SystemExit(f"{run_dir}: no network-snapshot-*.pt at multiples of {args.every} kimg")
     log = Path(args.log) if args.log else None
     rows = [json.loads(x) for x in log.read_text().splitlines()] if log and log.exists() else []
-    done = {r["snapshot"] for r in rows}
+
+    def key(r):
+        return (r["snapshot"], r.get("trunc", 1.0), r.get("marker_thresh"))
+
+    done = {key(r) for r in rows}
     res = MaskGenerator.load(found[0][1]).resolution
     real = label_tiles(read_split(Path(args.data), "train"), res, args.tile)
     ref = {
@@ -91,16 +112,18 @@ def main():
     }
     print(json.dumps({"real_train_tiles": len(real), **ref}), flush=True)
     for kimg, path in found:
-        if str(path) in done:
-            continue
-        row = {"snapshot": str(path), "kimg": kimg, **measure(path, real, args.num)}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-        if log:
-            with log.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-    measured = {str(p) for _, p in found}
-    best = min((r for r in rows if r["snapshot"] in measured), key=lambda r: r["w1_mean"])
+        for trunc in truncs:
+            if all((str(path), trunc, m) in done for m in markers):
+                continue
+            for got in measure(path, real, args.num, trunc, markers):
+                row = {"snapshot": str(path), "kimg": kimg, "trunc": trunc, **got}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+                if log:
+                    with log.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+    measured = {(str(p), t, m) for _, p in found for t in truncs for m in markers}
+    best = min((r for r in rows if key(r) in measured), key=lambda r: r["w1_mean"])
     print(json.dumps({"best": best}), flush=True)
 
 

@@ -1,7 +1,7 @@
 """The goal figures of the shipped DSB2018 nuclei models, measured on the held-out test split.
 
     OMP_NUM_THREADS=2 python perf/pretrained_goals.py [--masks dsb2018-nuclei]
-        [--images dsb2018-nuclei] [--num 1000] [--data ../shared/data/dsb2018-fluo]
+        [--images dsb2018-nuclei] [--num 1000] [--trunc PSI] [--marker-thresh LEVEL] [--data ../shared/data/dsb2018-fluo]
         [--skip-masks] [--skip-images] [--grid-dir DIR] [--probe-model NAME=DIR ...]
 
 Prints one JSON object. Masks: ``--num`` generated tiles decoded to instances against the real
@@ -86,9 +86,9 @@ def mask_figures(args, train, test) -> dict:
     fake, first = [], None
     seeds = list(range(args.num))
     for i in range(0, len(seeds), 50):
-        x = gen.generate(seeds[i : i + 50], batch=25)
+        x = gen.generate(seeds[i : i + 50], batch=25, trunc=args.trunc)
         first = gen.to_uint8(x[:16]) if first is None else first
-        fake += gen.decode(x, min_size=args.min_size)
+        fake += gen.decode(x, min_size=args.min_size, marker_thresh=args.marker_thresh)
     gen_s = time.perf_counter() - t0
     if args.grid_dir:
         write_mask_grid(Path(args.grid_dir) / "masks_real_vs_generated.png", real_test, first)
@@ -99,11 +99,12 @@ def mask_figures(args, train, test) -> dict:
         "resolution": res,
         "scale": res / args.tile,
         "precision": gen.config.get("precision"),
+        "trunc": gen.trunc if args.trunc is None else args.trunc,
         "num_generated": len(fake),
         "num_real_test_tiles": len(real_test),
         "num_real_train_tiles": len(real_train),
         "generate_decode_s": round(gen_s, 1),
-        "decode_min_size": args.min_size,
+        "decode": gen.decode_kwargs(min_size=args.min_size, marker_thresh=args.marker_thresh),
     }
     out["objects_per_tile"] = {
         "real_test": got["objects_per_image_real"],
@@ -325,6 +326,12 @@ def main():
     ap.add_argument("--tile", type=int, default=128, help="crop size before the down-scaling")
     ap.add_argument("--min-size", type=int, default=0, help="decode: drop smaller objects")
     ap.add_argument("--fp32", action="store_true", help="generate in float32 (default: mixed)")
+    ap.add_argument(
+        "--trunc", type=float, default=None, help="truncation psi (default: the network's own)"
+    )
+    ap.add_argument(
+        "--marker-thresh", type=float, default=None, help="decoder seed level (default: the file's)"
+    )
     ap.add_argument("--skip-masks", action="store_true")
     ap.add_argument("--skip-images", action="store_true")
     ap.add_argument("--grid-dir", default=None)

@@ -92,16 +92,46 @@ def verify():
 @click.option("--checkpoint", required=True, type=click.Path(), help="Training checkpoint.")
 @click.option("--out", required=True, type=click.Path(), help="Weights-only file to write.")
 @click.option("--fp32", is_flag=True, help="Keep float32 storage (default: fp16).")
-def export(kind, checkpoint, out, fp32):
-    """Write a weights-only copy of a training checkpoint (generator only, fp16 storage)."""
+@click.option(
+    "--trunc",
+    type=float,
+    default=None,
+    help="stylegan3: the truncation psi in (0, 1] the generator samples at when none is given "
+    "(recorded in the file; default: none recorded, i.e. 1.0).",
+)
+@click.option(
+    "--fg-thresh", type=float, default=None, help="stylegan3: decoder threshold to record."
+)
+@click.option("--boundary-thresh", type=float, default=None, help="stylegan3: as --fg-thresh.")
+@click.option("--marker-thresh", type=float, default=None, help="stylegan3: as --fg-thresh.")
+def export(kind, checkpoint, out, fp32, trunc, **thresholds):
+    """Write a weights-only copy of a training checkpoint (generator only, fp16 storage).
+
+    For a mask generator, --trunc and the thresholds record the settings it samples and decodes
+    at when none are given (chosen on the training data; see the model card)."""
     from cellsynth import models as registry
     from cellsynth.atomic import file_sha256
 
+    decode = {k: float(v) for k, v in thresholds.items() if v is not None}
+    if (trunc is not None or decode) and kind != "stylegan3":
+        raise CellsynthError(
+            f"--trunc and the decoder thresholds are for --kind stylegan3, not {kind}"
+        )
+    if trunc is not None and not 0.0 < trunc <= 1.0:
+        raise CellsynthError(f"--trunc must be in (0, 1], got {trunc}")
+    bad = [f"--{k.replace('_', '-')} {v}" for k, v in decode.items() if not 0.0 < v < 1.0]
+    if bad:
+        raise CellsynthError(f"{', '.join(bad)}: decoder thresholds must be in (0, 1)")
+    settings = {"trunc": float(trunc)} if trunc is not None else {}
+    if decode:
+        settings["decode"] = decode
     if kind == "pix2pixhd":
         from cellsynth.pix2pixhd.checkpoints import resolve_checkpoint
 
         checkpoint = resolve_checkpoint(checkpoint)
-    path = registry.export_weights(checkpoint, out, EXPORT_KEEP[kind], kind, half=not fp32)
+    path = registry.export_weights(
+        checkpoint, out, EXPORT_KEEP[kind], kind, half=not fp32, settings=settings
+    )
     click.echo(
         json.dumps(
             {"file": str(path), "bytes": path.stat().st_size, "sha256": file_sha256(path)},

@@ -109,7 +109,13 @@ def train(**kw):
 @stylegan3.command()
 @click.option("--network", required=True, type=click.Path(), help="network-snapshot-*.pt")
 @click.option("--seeds", required=True, help="e.g. 0-99,120")
-@click.option("--trunc", default=1.0, show_default=True, type=float, help="Truncation psi.")
+@click.option(
+    "--trunc",
+    default=None,
+    type=float,
+    help="Truncation psi (default: the psi the network file records, e.g. a shipped model's; "
+    "1.0 for a training snapshot).",
+)
 @click.option("--class", "class_idx", default=None, type=int, help="Class (conditional nets).")
 @click.option(
     "--noise-mode",

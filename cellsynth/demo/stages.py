@@ -227,7 +227,9 @@ def stage_finetune_masks(demo: Demo) -> dict:
     grids = {}
     for tag, gen in (("before", before), ("after", after)):
         grids[tag] = demo.out / "finetune" / f"masks_{tag}.png"
-        write_image(grids[tag], _tile_grid(gen.to_uint8(gen.generate(GRID_SEEDS))))
+        # both at the shipped model's psi (a fresh snapshot records none of its own)
+        x = gen.generate(GRID_SEEDS, trunc=before.trunc)
+        write_image(grids[tag], _tile_grid(gen.to_uint8(x)))
     demo.paths.update(sg3_run=Path(run), sg3_snapshot=snap, masks_grids=grids)
     return {"detail": f"{packed['items']} real tiles; {snap.name} in {Path(run).name}"}
 

@@ -202,10 +202,13 @@ def export_weights(
     keep: tuple[str, ...],
     kind: str,
     half: bool = True,
+    settings: dict | None = None,
 ) -> Path:
     """Write a weights-only copy of checkpoint ``src`` to ``dest``: only the ``keep`` entries
     (state dicts), plus its kind and config; floating tensors in fp16 when ``half`` (they load
-    back into float32 modules unchanged apart from that rounding). Atomic; refuses to overwrite.
+    back into float32 modules unchanged apart from that rounding). ``settings`` are added to the
+    config (e.g. ``{"trunc": 0.8}``, the truncation psi a mask generator samples at by default).
+    Atomic; refuses to overwrite.
     """
     import torch
 
@@ -223,5 +226,10 @@ def export_weights(
         return t.half() if half and torch.is_floating_point(t) else t
 
     state = {k: {n: small(t) for n, t in data[k].items()} for k in keep}
-    config = dict(data["config"], exported_from=Path(src).name, storage="fp16" if half else "fp32")
+    config = dict(
+        data["config"],
+        **(settings or {}),
+        exported_from=Path(src).name,
+        storage="fp16" if half else "fp32",
+    )
     return save_checkpoint(dest, state, kind, config)

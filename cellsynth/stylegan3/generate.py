@@ -7,10 +7,18 @@
     labels = gen.decode(x)               # list of uint16 instance-label images
 
 Latents follow the users' habit: ``z = np.random.RandomState(seed).randn(z_dim)``.
+
+Recorded settings: with no ``trunc`` given, a generator samples at the psi its file records
+(``config["trunc"]``), and at 1.0 (no truncation) when it records none, as a training snapshot
+never does; :meth:`MaskGenerator.decode` likewise starts from the decoder thresholds the file
+records (``config["decode"]``, e.g. ``{"marker_thresh": 0.55}``), else the codec's. Both are
+written by ``cellsynth models export --trunc/--marker-thresh/...``: the operating point a
+model card chose on the training data.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -19,13 +27,55 @@ import numpy as np
 from cellsynth.errors import CellsynthError
 from cellsynth.tools.parse import MAX_SEED, parse_seeds  # noqa: F401 (re-exported)
 
+DECODE_KEYS = ("fg_thresh", "boundary_thresh", "marker_thresh")  # thresholds in (0, 1)
+
+
+def recorded_decode(config: dict) -> dict:
+    """The decoder thresholds a generator's config records (``"decode"``), {} when none.
+
+    Raises CellsynthError for anything but a dict of known thresholds, each a number in (0, 1).
+    """
+    value = config.get("decode")
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not set(value) <= set(DECODE_KEYS):
+        raise CellsynthError(
+            f"the generator file records decode settings {value!r}; expected a dict with keys "
+            f"among {', '.join(DECODE_KEYS)}"
+        )
+    for key, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 < float(v) < 1.0:
+            raise CellsynthError(
+                f"the generator file records decode {key}={v!r}; expected a number in (0, 1)"
+            )
+    return {k: float(v) for k, v in value.items()}
+
+
+def recorded_trunc(config: dict) -> float:
+    """The truncation psi a generator's config records (``"trunc"``), 1.0 when none.
+
+    Raises CellsynthError for a recorded value that is not a number in (0, 1].
+    """
+    value = config.get("trunc")
+    if value is None:
+        return 1.0
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not 0.0 < float(value) <= 1.0:
+        raise CellsynthError(
+            f"the generator file records truncation psi {value!r}; expected a number in (0, 1]"
+        )
+    return float(value)
+
 
 class MaskGenerator:
     """A trained generator and what is needed to decode its masks.
 
     Attributes: ``resolution``, ``channels``, ``encoding`` (``"binary"``/``"fbd"`` or None),
-    ``num_classes`` (0 when unconditional), ``classes`` (names or None), ``G`` (the network),
-    ``config`` (the snapshot config), ``device``.
+    ``num_classes`` (0 when unconditional), ``classes`` (names or None), ``trunc`` (the
+    truncation psi :meth:`generate` uses when given none: the one the file records, see
+    :func:`recorded_trunc`, else 1.0), ``decode_settings`` (the decoder thresholds the file
+    records, :func:`recorded_decode`), ``G`` (the network), ``config`` (the snapshot config),
+    ``device``.
     """
 
     def __init__(self, G, config: dict, device="cpu"):
@@ -43,6 +93,8 @@ class MaskGenerator:
             w = np.asarray(weights, dtype=np.float64).clip(0, None)
             self.class_weights = w / w.sum() if w.sum() > 0 else None
         self.z_dim = int(G.z_dim)
+        self.trunc = recorded_trunc(config)
+        self.decode_settings = recorded_decode(config)
 
     @classmethod
     def load(
@@ -69,9 +121,11 @@ class MaskGenerator:
             self.G.set_input_transform(translate=tuple(translate), rotate=float(rotate))
 
     def check_options(
-        self, class_idx=None, noise_mode="const", batch=8, translate=(0, 0), rotate=0.0
+        self, class_idx=None, noise_mode="const", batch=8, translate=(0, 0), rotate=0.0, trunc=None
     ) -> None:
         """Raise CellsynthError unless :meth:`generate` accepts these options for this network."""
+        if trunc is not None and not math.isfinite(trunc):
+            raise CellsynthError(f"--trunc must be a finite number, not {trunc}")
         if noise_mode not in ("const", "random", "none"):
             raise CellsynthError(f"--noise-mode must be const, random or none, not {noise_mode!r}")
         if batch < 1:
@@ -110,7 +164,7 @@ class MaskGenerator:
     def generate(
         self,
         seeds,
-        trunc: float = 1.0,
+        trunc: float | None = None,
         class_idx: int | None = None,
         noise_mode: str = "const",
         batch: int = 8,
@@ -121,7 +175,8 @@ class MaskGenerator:
         """Masks for ``seeds`` as float32 N x C x R x R in [-1, 1].
 
         Args:
-            seeds: ints (or a seeds string); trunc: truncation psi;
+            seeds: ints (or a seeds string); trunc: truncation psi (None: :attr:`trunc`, the
+            network's own);
             class_idx: class for a conditional network (refused for an unconditional one);
             without it each seed's class follows :meth:`seed_classes`;
             noise_mode: const, random or none; batch: images per forward pass;
@@ -132,7 +187,8 @@ class MaskGenerator:
         from tqdm import tqdm
 
         seeds = parse_seeds(seeds)
-        self.check_options(class_idx, noise_mode, batch, translate, rotate)
+        self.check_options(class_idx, noise_mode, batch, translate, rotate, trunc)
+        trunc = self.trunc if trunc is None else float(trunc)
         classes = self.seed_classes(seeds, class_idx)
         self._set_transform(translate, rotate)
         out = np.empty((len(seeds), self.channels, self.resolution, self.resolution), np.float32)
@@ -154,16 +210,23 @@ class MaskGenerator:
         u = np.rint((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)
         return u[:, 0] if u.shape[1] == 1 else np.moveaxis(u, 1, -1)
 
+    def decode_kwargs(self, **opts) -> dict:
+        """Keyword arguments of ``decode_mask``: the file's recorded thresholds, overridden by
+        ``opts`` (None values ignored)."""
+        return {**self.decode_settings, **{k: v for k, v in opts.items() if v is not None}}
+
     def decode(self, x: np.ndarray, **opts) -> list[np.ndarray]:
-        """Decode generated masks (N x C x R x R in [-1, 1]) to uint16 instance labels."""
+        """Decode generated masks (N x C x R x R in [-1, 1]) to uint16 instance labels
+        (``opts`` of ``decode_mask`` over the file's recorded thresholds)."""
         from cellsynth.tools.codec import decode_mask
 
         if not self.encoding:
             raise CellsynthError(
                 "this snapshot does not record its mask encoding; cannot decode to instances"
             )
+        kwargs = self.decode_kwargs(**opts)
         return [
-            np.asarray(decode_mask(u, self.encoding, **opts)).astype(np.uint16)
+            np.asarray(decode_mask(u, self.encoding, **kwargs)).astype(np.uint16)
             for u in self.to_uint8(np.asarray(x))
         ]
 
@@ -172,7 +235,7 @@ def generate_images(
     network,
     seeds,
     outdir,
-    trunc: float = 1.0,
+    trunc: float | None = None,
     class_idx=None,
     noise_mode: str = "const",
     translate=(0.0, 0.0),
@@ -204,7 +267,7 @@ def generate_images(
     gen = MaskGenerator.load(network, device=device, fp32=fp32)
     if decode and not gen.encoding:
         raise CellsynthError(f"{network}: snapshot has no mask encoding; cannot --decode")
-    gen.check_options(class_idx, noise_mode, batch, translate, rotate)
+    gen.check_options(class_idx, noise_mode, batch, translate, rotate, trunc)
     written = []
     with output_folder(outdir, option="--outdir"):
         for i in range(0, len(seeds), batch):

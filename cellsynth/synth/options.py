@@ -107,7 +107,11 @@ class SourceOptions:
 class GanOptions:
     """StyleGAN3 sampling (``--masks stylegan3:PATH``)."""
 
-    trunc: float = option(1.0, help="Truncation psi.")
+    trunc: float | None = option(
+        None,
+        help="Truncation psi (default: the psi the generator file records, e.g. a shipped "
+        "model's; 1.0 for a training snapshot).",
+    )
     class_idx: int | None = option(
         None, flag="--class", key="class", help="Class (conditional GAN)."
     )
@@ -136,7 +140,7 @@ class SimulateOptions:
 @dataclass
 class DecodeOptions:
     """Generated (soft) masks -> instance labels (see :func:`cellsynth.tools.codec.decode_mask`;
-    None: the codec's default)."""
+    None: the threshold the generator file records, else the codec's default)."""
 
     threshold_method: str = option(
         "fixed",
@@ -144,9 +148,9 @@ class DecodeOptions:
         flag="--threshold",
         help="Foreground threshold of generated masks.",
     )
-    fg_thresh: float | None = option(None, help="Default: the codec's.")
-    boundary_thresh: float | None = option(None, help="Default: the codec's.")
-    marker_thresh: float | None = option(None, help="Default: the codec's.")
+    fg_thresh: float | None = option(None, help="Default: the generator's, else the codec's.")
+    boundary_thresh: float | None = option(None, help="Default: the generator's, else the codec's.")
+    marker_thresh: float | None = option(None, help="Default: the generator's, else the codec's.")
     smooth: float = option(0.0, help="Gaussian sigma.")
     upscale: int = option(
         1, help="stylegan3 masks: resize the generated masks by this factor before decoding."
@@ -158,7 +162,7 @@ class DecodeOptions:
         return self
 
     def codec_kwargs(self) -> dict:
-        """Keyword arguments of ``decode_mask`` (the codec's defaults where None)."""
+        """The thresholds given (the generator file's or the codec's defaults where None)."""
         keys = ("fg_thresh", "boundary_thresh", "marker_thresh", "smooth")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 

@@ -76,7 +76,8 @@ def synth(
         names = gen.classes or []
         drawn = gen.seed_classes(seed_list, opts.gan.class_idx)
         seed_class = {s: names[c] if c < len(names) else str(c) for s, c in zip(seed_list, drawn)}
-    plan = Plan(str(out), opts, inputs.mask_files, encoding, seed_class)
+    decode_defaults = gen.decode_settings if gen is not None else None
+    plan = Plan(str(out), opts, inputs.mask_files, encoding, seed_class, decode_defaults)
     facts = None
     # the cluster is reached before --out is touched: a bad address leaves nothing behind
     cluster = dask_client(opts.run.dask) if opts.run.dask else contextlib.nullcontext()

@@ -38,6 +38,7 @@ class Plan:
     mask_files: tuple[str, ...] = ()  # --masks DIR: its mask files
     encoding: str | None = None  # --masks stylegan3:PATH: the generator's mask encoding
     seed_class: dict | None = None  # a conditional generator: each seed's class name
+    decode_defaults: dict | None = None  # the generator file's recorded decoder thresholds
 
     @property
     def masks_kind(self) -> str:
@@ -99,7 +100,7 @@ def decode_generated(plan: Plan, raw: np.ndarray) -> np.ndarray:
     dec = plan.options.decode
     if dec.upscale > 1:
         raw = upscale_soft(raw, dec.upscale)
-    kwargs = dec.codec_kwargs()
+    kwargs = {**(plan.decode_defaults or {}), **dec.codec_kwargs()}
     if dec.threshold_method != "fixed":
         from cellsynth.tools.threshold import threshold_value
 

@@ -112,11 +112,14 @@ def _mask_generator(opts: SynthOptions, device, inputs: Inputs) -> None:
         )
     if not gen.num_classes and class_idx is not None:
         raise CellsynthError(f"{path}: --class given, but the generator is unconditional")
+    gen.check_options(trunc=opts.gan.trunc)
     inputs.generator = gen
     inputs.checkpoints["masks"] = {
         "path": path,
         "sha256": file_sha256(models.lookup(path, "stylegan3")),
         "precision": gen.config.get("precision", "fp32"),
+        "trunc": gen.trunc if opts.gan.trunc is None else opts.gan.trunc,
+        "decode": {**gen.decode_settings, **opts.decode.codec_kwargs()},
     }
 
 

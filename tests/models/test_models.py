@@ -74,6 +74,87 @@ def test_export_keeps_weights_only_in_fp16(sources, tmp_path):
         models.export_weights(sources["snap"], tmp_path / "x.pt", ("G",), "pix2pixhd")
 
 
+def test_export_records_the_truncation_psi_a_generator_samples_at(sources, tmp_path, capsys):
+    from cellsynth.stylegan3.generate import MaskGenerator, recorded_trunc
+    from cellsynth.synth import synth
+
+    out = tmp_path / "g.pt"
+    args = ["models", "export", "--kind", "stylegan3", "--checkpoint", str(sources["snap"])]
+    main([*args, "--out", str(out), "--trunc", "0.7"])
+    capsys.readouterr()
+    assert torch.load(out, weights_only=True)["config"]["trunc"] == 0.7
+    gen = MaskGenerator.load(out, fp32=True)
+    assert gen.trunc == 0.7
+    assert MaskGenerator.load(sources["snap"], fp32=True).trunc == 1.0  # records none
+    default = gen.generate([0, 1])
+    assert np.array_equal(default, gen.generate([0, 1], trunc=0.7))
+    assert not np.allclose(default, gen.generate([0, 1], trunc=1.0), atol=1e-3)
+    # synth samples at the recorded psi unless told otherwise, and says which it used
+    synth(tmp_path / "a", masks=f"stylegan3:{out}", seeds="0-1", device="cpu")
+    synth(tmp_path / "b", masks=f"stylegan3:{out}", seeds="0-1", device="cpu", trunc=1.0)
+    for name, psi in (("a", 0.7), ("b", 1.0)):
+        man = json.loads((tmp_path / name / "manifest.json").read_text())
+        assert man["checkpoints"]["masks"]["trunc"] == psi
+    # bad values: one line, exit 2, no file
+    for extra in (["--trunc", "0"], ["--trunc", "1.5"], ["--trunc", "nan"]):
+        bad = tmp_path / "bad.pt"
+        with pytest.raises(SystemExit) as exc:
+            main([*args, "--out", str(bad), *extra])
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and len(err.splitlines()) == 1 and "--trunc" in err
+        assert not bad.exists()
+    with pytest.raises(SystemExit) as exc:
+        p2p = ["models", "export", "--kind", "pix2pixhd", "--checkpoint", str(sources["p2p"])]
+        main([*p2p, "--out", str(tmp_path / "t.pt"), "--trunc", "0.8"])
+    assert exc.value.code == 2 and "--kind stylegan3" in capsys.readouterr().err
+    assert not (tmp_path / "t.pt").exists()
+    for value in (0.0, 1.5, "0.8", True):
+        with pytest.raises(CellsynthError, match="expected a number in"):
+            recorded_trunc({"trunc": value})
+    with pytest.raises(CellsynthError, match="finite"):
+        gen.generate([0], trunc=float("nan"))
+
+
+def test_export_records_decoder_thresholds_used_by_default(sources, tmp_path, capsys):
+    from cellsynth.stylegan3.generate import MaskGenerator, recorded_decode
+    from cellsynth.synth import synth
+    from cellsynth.tools.codec import decode_mask
+
+    out = tmp_path / "g.pt"
+    args = ["models", "export", "--kind", "stylegan3", "--checkpoint", str(sources["snap"])]
+    main([*args, "--out", str(out), "--marker-thresh", "0.7", "--boundary-thresh", "0.3"])
+    capsys.readouterr()
+    gen = MaskGenerator.load(out, fp32=True)
+    assert gen.decode_settings == {"marker_thresh": 0.7, "boundary_thresh": 0.3}
+    assert gen.trunc == 1.0
+    x = gen.generate([0, 1, 2])
+    u = gen.to_uint8(x)
+    # an independent reference: the codec called with the recorded thresholds, then overridden
+    for got, raw in zip(gen.decode(x), u):
+        want = decode_mask(raw, "fbd", marker_thresh=0.7, boundary_thresh=0.3)
+        assert np.array_equal(got, want)
+    for got, raw in zip(gen.decode(x, marker_thresh=0.4, boundary_thresh=None), u):
+        assert np.array_equal(got, decode_mask(raw, "fbd", marker_thresh=0.4, boundary_thresh=0.3))
+    # synth decodes with them too, records them, and an explicit option wins
+    synth(tmp_path / "a", masks=f"stylegan3:{out}", seeds="0-1", device="cpu")
+    synth(tmp_path / "b", masks=f"stylegan3:{out}", seeds="0-1", device="cpu", marker_thresh=0.5)
+    for name, marker in (("a", 0.7), ("b", 0.5)):
+        man = json.loads((tmp_path / name / "manifest.json").read_text())
+        recorded = man["checkpoints"]["masks"]["decode"]
+        assert recorded == {"marker_thresh": marker, "boundary_thresh": 0.3, "smooth": 0.0}
+    # bad values: one line, exit 2, no file
+    for extra in (["--marker-thresh", "1.0"], ["--fg-thresh", "0"]):
+        bad = tmp_path / "bad.pt"
+        with pytest.raises(SystemExit) as exc:
+            main([*args, "--out", str(bad), *extra])
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and len(err.splitlines()) == 1 and "thresh" in err
+        assert not bad.exists()
+    for value in ({"marker_thresh": 1.2}, {"seed_level": 0.5}, [0.5], {"fg_thresh": "0.5"}):
+        with pytest.raises(CellsynthError, match="records decode"):
+            recorded_decode({"decode": value})
+
+
 def test_names_resolve_and_paths_still_work(shipped_root, sources):
     from cellsynth.pix2pixhd.translator import Translator
     from cellsynth.stylegan3.generate import MaskGenerator
