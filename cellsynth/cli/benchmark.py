@@ -339,12 +339,18 @@ def _validity_text(v: dict) -> str:
             )
         first = comp["metrics"].get((v.get("metrics") or ["ap50"])[0]) or {}
         lines.append(
-            f"  {'segmenter':<16} {'synthetic':>9} {'real':>7} {'ratio':>7} (first metric)"
+            f"  {'segmenter':<16} {'synthetic':>9} {'real':>7} {'ratio':>7} "
+            f"{'extra syn/real':>15} {'missed syn/real':>15}  (first metric; errors at IoU 0.5)"
         )
+        errors = comp.get("errors") or {}
         for sname, sc in (first.get("scores") or {}).items():
+            e = errors.get(sname) or {}
+            es, er = e.get("synthetic") or {}, e.get("real") or {}
+            extra = f"{f(es.get('extra'))}/{f(er.get('extra'))}"
+            missed = f"{f(es.get('missed'))}/{f(er.get('missed'))}"
             lines.append(
                 f"  {sname:<16} {f(sc.get('synthetic')):>9} {f(sc.get('real')):>7} "
-                f"{f(sc.get('ratio')):>7}"
+                f"{f(sc.get('ratio')):>7} {extra:>15} {missed:>15}"
             )
     return "\n".join(lines)
 

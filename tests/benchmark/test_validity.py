@@ -22,6 +22,7 @@ from cellsynth.benchmark.validity import (
     bootstrap_weights,
     classify_test_sets,
     compute_validity,
+    error_profile,
     image_table,
     kendall_tau_b,
     paired_fidelity,
@@ -211,6 +212,28 @@ def test_compute_validity_intervals_seeded():
         assert len(block["flips"]) == n_flips
 
 
+def test_error_profile_against_counts_by_hand():
+    results = _made_up(7)
+    (comp,) = compute_validity(results, n_boot=20)["comparisons"]
+    assert set(comp["errors"]) == set(comp["segmenters"])
+    for s, e in comp["errors"].items():
+        for side, key in (("synthetic", "syn"), ("real", "real")):
+            rows = results["segmenters"][s]["datasets"][key]["images"]
+            tp = sum(r["tp"][0] for r in rows)  # IoU 0.5 is the first threshold
+            n_true, n_pred = sum(r["n_true"] for r in rows), sum(r["n_pred"] for r in rows)
+            assert e[side]["extra"] == pytest.approx((n_pred - tp) / n_pred)
+            assert e[side]["missed"] == pytest.approx((n_true - tp) / n_true)
+            assert e[side]["pred_per_true"] == pytest.approx(n_pred / n_true)
+    # a segmenter that finds nothing: no predictions, every object missed
+    rows = [
+        dict(r, n_pred=0, tp50=0) for r in results["segmenters"]["d"]["datasets"]["syn"]["images"]
+    ]
+    table = image_table(rows)
+    assert error_profile(table) == {"extra": None, "missed": 1.0, "pred_per_true": 0.0}
+    # worse segmenters make more errors of both kinds here
+    assert comp["errors"]["d"]["real"]["missed"] > comp["errors"]["a"]["real"]["missed"]
+
+
 def test_flips_and_flags():
     # c is best on synthetic but worst on real: a clear flip; flagged by key
     results = _made_up(3)
@@ -295,6 +318,7 @@ def test_run_writes_validity_and_report(sims, tmp_path, capsys):
     assert "Does the synthetic benchmark agree with real data?" in page
     assert page.count("synthetic against real score' src='data:image/png;base64,") == 4
     assert "Spearman" in page and "Kendall" in page
+    assert "Error profile (IoU 0.5)" in page
 
     # benchmark validate: recomputes with other settings, rewrites results.json + report.html
     from cellsynth.cli import main
@@ -302,6 +326,7 @@ def test_run_writes_validity_and_report(sims, tmp_path, capsys):
     main(["benchmark", "validate", str(out), "--bootstrap", "50", "--bootstrap-seed", "3"])
     text = capsys.readouterr().out
     assert "Spearman" in text and "syn-test" in text and "classical" in text
+    assert "extra syn/real" in text
     again = json.loads((out / "results.json").read_text())
     assert again["validity"]["method"]["n_boot"] == 50 and again["validity"]["method"]["seed"] == 3
     assert again["segmenters"] == saved["segmenters"]  # nothing else changes
