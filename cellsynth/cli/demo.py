@@ -36,7 +36,7 @@ import click
     default=None,
     help="Comma-separated segmenters to benchmark [default: "
     "classical,stardist,cellpose,unet,u2net,dwt,embedseg]; shipped ones are loaded, others train on the "
-    "synthetic set.",
+    "real training split.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing demo folder.")

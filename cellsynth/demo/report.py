@@ -177,8 +177,11 @@ def _benchmark_section(pipe, out: Path) -> list[tuple[str, str | None]]:
     res = pipe.get("benchmark").outputs["results"]
     parts = [
         "<p>Shipped segmenters are loaded as they are (trained on the DSB2018 training split; "
-        "their cards say how); <code>classical</code> tunes its post-processing on the "
-        "synthetic training set. Full benchmark report: "
+        "their cards say how); <code>classical</code> tunes its post-processing, and any "
+        "segmenter without a shipped model trains, on the real training images, so that every "
+        "segmenter has learned from real data. The synthetic test set is benchmarked without "
+        "its puncta (the same masks and images), since the real images have none. Full "
+        "benchmark report: "
         "<a href='benchmark/report.html'>benchmark/report.html</a>.</p>"
     ]
     if res.get("validity"):
