@@ -123,7 +123,21 @@ def test_pad_to():
     img = np.arange(12, dtype=np.float32).reshape(3, 4)
     out = _pad_to(img, 6)
     assert out.shape == (6, 6) and np.array_equal(out[:3, :4], img)
+    # the padded image is empty where the padded labels are: no reflected nuclei there
+    assert out[3:].sum() == 0 and out[:, 4:].sum() == 0
+    rgb = np.ones((3, 4, 2), np.float32)
+    assert _pad_to(rgb, 5).shape == (5, 5, 2) and _pad_to(rgb, 5)[3:].sum() == 0
     lab = np.ones((3, 4), np.int32)
     padded = _pad_to(lab, 5)
     assert padded.shape == (5, 5) and padded[3:].sum() == 0 and padded[:, 4:].sum() == 0
     assert _pad_to(img, 2) is img
+
+
+def test_fit_patch_shrinks_to_the_smallest_training_image():
+    from cellsynth.benchmark.segmenters.stardist import fit_patch
+
+    assert fit_patch(256, 16, [(300, 400), (256, 260)]) == 256  # all large enough: as set
+    assert fit_patch(256, 16, [(128, 128), (520, 696)]) == 128  # the synthetic 128-px tiles
+    assert fit_patch(256, 16, [(100, 140)]) == 96  # the largest multiple of 16 that fits
+    assert fit_patch(256, 16, [(10, 10)]) == 16  # never below the network's divisor
+    assert fit_patch(64, 16, [(128, 128)]) == 64  # never above the patch asked for
