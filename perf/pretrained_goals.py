@@ -99,7 +99,7 @@ def mask_figures(args, train, test) -> dict:
         "resolution": res,
         "scale": res / args.tile,
         "precision": gen.config.get("precision"),
-        "trunc": gen.trunc if args.trunc is None else args.trunc,
+        "trunc": gen.trunc_for(args.trunc),
         "num_generated": len(fake),
         "num_real_test_tiles": len(real_test),
         "num_real_train_tiles": len(real_train),

@@ -111,15 +111,16 @@ def export(kind, checkpoint, out, fp32, trunc, **thresholds):
     at when none are given (chosen on the training data; see the model card)."""
     from cellsynth import models as registry
     from cellsynth.atomic import file_sha256
+    from cellsynth.stylegan3.generate import is_threshold, is_trunc
 
     decode = {k: float(v) for k, v in thresholds.items() if v is not None}
     if (trunc is not None or decode) and kind != "stylegan3":
         raise CellsynthError(
             f"--trunc and the decoder thresholds are for --kind stylegan3, not {kind}"
         )
-    if trunc is not None and not 0.0 < trunc <= 1.0:
+    if trunc is not None and not is_trunc(trunc):
         raise CellsynthError(f"--trunc must be in (0, 1], got {trunc}")
-    bad = [f"--{k.replace('_', '-')} {v}" for k, v in decode.items() if not 0.0 < v < 1.0]
+    bad = [f"--{k.replace('_', '-')} {v}" for k, v in decode.items() if not is_threshold(v)]
     if bad:
         raise CellsynthError(f"{', '.join(bad)}: decoder thresholds must be in (0, 1)")
     settings = {"trunc": float(trunc)} if trunc is not None else {}

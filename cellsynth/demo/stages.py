@@ -125,12 +125,12 @@ def stage_synth(demo: Demo) -> dict:
     paths["synth_test"] = demo.out / "synthetic" / "test"
     a = synth(paths["synth_train"], seeds=f"0-{cfg.synth_train - 1}", **common)
     t0 = SYNTH_TEST_SEED0
-    b = synth(paths["synth_test"], seeds=f"{t0}-{t0 + cfg.synth_test - 1}", **common)
+    test_seeds = f"{t0}-{t0 + cfg.synth_test - 1}"
+    b = synth(paths["synth_test"], seeds=test_seeds, **common)
     paths["synth_bench"] = paths["synth_test"]
     if cfg.spots > 0:  # the benchmark's copy: the same samples without the puncta
         paths["synth_bench"] = demo.out / "synthetic" / "test-nuclei"
-        seeds = f"{t0}-{t0 + cfg.synth_test - 1}"
-        synth(paths["synth_bench"], seeds=seeds, **dict(common, spots_count=0.0))
+        synth(paths["synth_bench"], seeds=test_seeds, **dict(common, spots_count=0.0))
     demo.facts["synth"] = how
     return {"detail": f"{how}; train {a['written']} pairs, test {b['written']} pairs"}
 

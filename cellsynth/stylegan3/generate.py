@@ -30,6 +30,18 @@ from cellsynth.tools.parse import MAX_SEED, parse_seeds  # noqa: F401 (re-export
 DECODE_KEYS = ("fg_thresh", "boundary_thresh", "marker_thresh")  # thresholds in (0, 1)
 
 
+def is_trunc(value) -> bool:
+    """A truncation psi a generator can record: a number in (0, 1]."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return ok and 0.0 < float(value) <= 1.0
+
+
+def is_threshold(value) -> bool:
+    """A decoder threshold a generator can record: a number in (0, 1)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return ok and 0.0 < float(value) < 1.0
+
+
 def recorded_decode(config: dict) -> dict:
     """The decoder thresholds a generator's config records (``"decode"``), {} when none.
 
@@ -44,7 +56,7 @@ def recorded_decode(config: dict) -> dict:
             f"among {', '.join(DECODE_KEYS)}"
         )
     for key, v in value.items():
-        if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 < float(v) < 1.0:
+        if not is_threshold(v):
             raise CellsynthError(
                 f"the generator file records decode {key}={v!r}; expected a number in (0, 1)"
             )
@@ -59,8 +71,7 @@ def recorded_trunc(config: dict) -> float:
     value = config.get("trunc")
     if value is None:
         return 1.0
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or not 0.0 < float(value) <= 1.0:
+    if not is_trunc(value):
         raise CellsynthError(
             f"the generator file records truncation psi {value!r}; expected a number in (0, 1]"
         )
@@ -188,7 +199,7 @@ class MaskGenerator:
 
         seeds = parse_seeds(seeds)
         self.check_options(class_idx, noise_mode, batch, translate, rotate, trunc)
-        trunc = self.trunc if trunc is None else float(trunc)
+        trunc = self.trunc_for(trunc)
         classes = self.seed_classes(seeds, class_idx)
         self._set_transform(translate, rotate)
         out = np.empty((len(seeds), self.channels, self.resolution, self.resolution), np.float32)
@@ -209,6 +220,10 @@ class MaskGenerator:
         """N x C x R x R in [-1, 1] -> uint8 N x R x R (1 channel) or N x R x R x C."""
         u = np.rint((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8)
         return u[:, 0] if u.shape[1] == 1 else np.moveaxis(u, 1, -1)
+
+    def trunc_for(self, trunc: float | None) -> float:
+        """The psi :meth:`generate` samples at: ``trunc``, else the file's (:attr:`trunc`)."""
+        return self.trunc if trunc is None else float(trunc)
 
     def decode_kwargs(self, **opts) -> dict:
         """Keyword arguments of ``decode_mask``: the file's recorded thresholds, overridden by

@@ -118,8 +118,8 @@ def _mask_generator(opts: SynthOptions, device, inputs: Inputs) -> None:
         "path": path,
         "sha256": file_sha256(models.lookup(path, "stylegan3")),
         "precision": gen.config.get("precision", "fp32"),
-        "trunc": gen.trunc if opts.gan.trunc is None else opts.gan.trunc,
-        "decode": {**gen.decode_settings, **opts.decode.codec_kwargs()},
+        "trunc": gen.trunc_for(opts.gan.trunc),
+        "decode": gen.decode_kwargs(**opts.decode.codec_kwargs()),
     }
 
 

@@ -74,6 +74,15 @@ def test_export_keeps_weights_only_in_fp16(sources, tmp_path):
         models.export_weights(sources["snap"], tmp_path / "x.pt", ("G",), "pix2pixhd")
 
 
+def _assert_export_refused(argv, out, capsys, word):
+    """`cellsynth ARGV --out OUT` exits 2 with one error line naming ``word``, writing nothing."""
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and word in err
+    assert not out.exists()
+
+
 def test_export_records_the_truncation_psi_a_generator_samples_at(sources, tmp_path, capsys):
     from cellsynth.stylegan3.generate import MaskGenerator, recorded_trunc
     from cellsynth.synth import synth
@@ -97,12 +106,7 @@ def test_export_records_the_truncation_psi_a_generator_samples_at(sources, tmp_p
         assert man["checkpoints"]["masks"]["trunc"] == psi
     # bad values: one line, exit 2, no file
     for extra in (["--trunc", "0"], ["--trunc", "1.5"], ["--trunc", "nan"]):
-        bad = tmp_path / "bad.pt"
-        with pytest.raises(SystemExit) as exc:
-            main([*args, "--out", str(bad), *extra])
-        err = capsys.readouterr().err.strip()
-        assert exc.value.code == 2 and len(err.splitlines()) == 1 and "--trunc" in err
-        assert not bad.exists()
+        _assert_export_refused([*args, *extra], tmp_path / "bad.pt", capsys, "--trunc")
     with pytest.raises(SystemExit) as exc:
         p2p = ["models", "export", "--kind", "pix2pixhd", "--checkpoint", str(sources["p2p"])]
         main([*p2p, "--out", str(tmp_path / "t.pt"), "--trunc", "0.8"])
@@ -144,12 +148,7 @@ def test_export_records_decoder_thresholds_used_by_default(sources, tmp_path, ca
         assert recorded == {"marker_thresh": marker, "boundary_thresh": 0.3, "smooth": 0.0}
     # bad values: one line, exit 2, no file
     for extra in (["--marker-thresh", "1.0"], ["--fg-thresh", "0"]):
-        bad = tmp_path / "bad.pt"
-        with pytest.raises(SystemExit) as exc:
-            main([*args, "--out", str(bad), *extra])
-        err = capsys.readouterr().err.strip()
-        assert exc.value.code == 2 and len(err.splitlines()) == 1 and "thresh" in err
-        assert not bad.exists()
+        _assert_export_refused([*args, *extra], tmp_path / "bad.pt", capsys, "thresh")
     for value in ({"marker_thresh": 1.2}, {"seed_level": 0.5}, [0.5], {"fg_thresh": "0.5"}):
         with pytest.raises(CellsynthError, match="records decode"):
             recorded_decode({"decode": value})

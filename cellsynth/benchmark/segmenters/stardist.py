@@ -129,7 +129,7 @@ class StarDistSegmenter(Segmenter):
     def __init__(self, **options):
         super().__init__(**options)
         o = self.options
-        div = int(o["grid"]) * 2 ** int(o["unet_depth"])
+        div = self._divisor()
         if int(o["patch"]) < div or int(o["patch"]) % div:
             raise CellsynthError(
                 f"stardist: patch={o['patch']} must be a positive multiple of {div} "
@@ -138,6 +138,10 @@ class StarDistSegmenter(Segmenter):
         if int(o["n_rays"]) < 3:
             raise CellsynthError(f"stardist: n_rays must be at least 3, got {o['n_rays']}")
         self.model = None
+
+    def _divisor(self) -> int:
+        """What a patch side must be a multiple of: grid x 2^unet_depth."""
+        return int(self.options["grid"]) * 2 ** int(self.options["unet_depth"])
 
     # --- the network ---------------------------------------------------------------------------
     def _config(self, in_channels: int):
@@ -210,8 +214,7 @@ class StarDistSegmenter(Segmenter):
         )
         o["in_channels"] = int(in_ch)
         fit_samples, val = validation_split(samples, o)
-        div = int(o["grid"]) * 2 ** int(o["unet_depth"])
-        patch = fit_patch(int(o["patch"]), div, [s.labels.shape for s in fit_samples])
+        patch = fit_patch(int(o["patch"]), self._divisor(), [s.labels.shape for s in fit_samples])
         xs = [_pad_to(self._prepare(s.image), patch) for s in fit_samples]
         ys = [_pad_to(fill_label_holes(s.labels.astype(np.int32)), patch) for s in fit_samples]
         model = self._ensure_model(in_ch)
