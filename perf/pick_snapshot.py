@@ -73,6 +73,14 @@ def measure(path: Path, real, num: int, trunc: float, markers) -> list[dict]:
     return rows
 
 
+def number_list(text: str) -> list[float]:
+    """argparse type: comma-separated numbers ("0.7,0.8") -> floats; one usage line otherwise."""
+    try:
+        return [float(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of numbers: {text!r}") from None
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir")
@@ -81,15 +89,17 @@ def main():
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/dsb2018-fluo"))
     ap.add_argument("--tile", type=int, default=128)
     ap.add_argument("--log", default=None, help="JSONL to append to (and to resume from)")
-    ap.add_argument("--trunc", default="1", help="truncation psi values, comma-separated")
+    ap.add_argument(
+        "--trunc", type=number_list, default=[1.0], help="truncation psi values, comma-separated"
+    )
     ap.add_argument(
         "--marker-thresh",
-        default=None,
+        type=number_list,
+        default=[None],
         help="decoder seed levels, comma-separated (default: the file's)",
     )
     args = ap.parse_args()
-    truncs = [float(t) for t in args.trunc.split(",")]
-    markers = [float(t) for t in args.marker_thresh.split(",")] if args.marker_thresh else [None]
+    truncs, markers = args.trunc, args.marker_thresh
     from cellsynth.stylegan3.generate import MaskGenerator
 
     run_dir = Path(args.run_dir)
