@@ -134,7 +134,7 @@ def test_pad_to():
 
 
 def test_fit_patch_shrinks_to_the_smallest_training_image():
-    from cellsynth.benchmark.segmenters.stardist import fit_patch
+    from cellsynth.benchmark.segmenters._torchutil import fit_patch
 
     assert fit_patch(256, 16, [(300, 400), (256, 260)]) == 256  # all large enough: as set
     assert fit_patch(256, 16, [(128, 128), (520, 696)]) == 128  # the synthetic 128-px tiles

@@ -245,3 +245,26 @@ def test_runner_records_training_and_reloads_cached_model(disks, tmp_path):
     for f in sorted((tmp_path / "o1" / "samples" / "unet").rglob("*.tif")):
         g = tmp_path / "o2" / f.relative_to(tmp_path / "o1")
         assert f.read_bytes() == g.read_bytes()
+
+
+def test_dense_crop_shrinks_to_the_training_images(disks, monkeypatch):
+    """A crop larger than the training images shrinks to the largest multiple of the network's
+    down-sampling that fits the smallest image (64-px disks: 64, not 128), every training crop
+    has that size, and the training record says so."""
+    from cellsynth.benchmark.segmenters import _torchutil
+
+    sizes = []
+    real_crop = _torchutil.random_crop
+
+    def spy(arrays, size, rng):
+        out = real_crop(arrays, size, rng)
+        sizes.append(tuple(a.shape[-2:] for a in out))
+        return out
+
+    monkeypatch.setattr(_torchutil, "random_crop", spy)
+    opts = {**TINY["unet"], "crop": 128, "tile": 128}
+    seg = make_segmenter("unet", **opts, precision="fp32", val_fraction=0.0)
+    seg.fit(disks, None, epochs=1, progress=False)
+    assert seg.info["crop"] == 64
+    assert sizes and set(sizes) == {((64, 64), (64, 64))}
+    assert seg.options["crop"] == 128  # the option is kept; only this fit used less

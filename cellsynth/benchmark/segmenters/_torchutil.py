@@ -136,6 +136,20 @@ def random_crop(arrays, size: int, rng: np.random.Generator):
     return [a[..., y : y + size, x : x + size] for a in arrays]
 
 
+def fit_patch(patch: int, div: int, shapes) -> int:
+    """The training crop (patch) side: ``patch``, or, when the smallest training image is
+    smaller, the largest multiple of ``div`` that fits in it (at least ``div``).
+
+    A 128-px image in a 256-px crop is three quarters padding: a step then costs four times
+    the compute for the same pixels, and a model that pads differently in image and labels
+    learns that objects are background (StarDist's validation AP@0.5 stayed 0 on 128-px
+    synthetic images before its padding was fixed)."""
+    smallest = min((min(int(h), int(w)) for h, w in (sh[:2] for sh in shapes)), default=patch)
+    if smallest >= patch:
+        return patch
+    return max(div, smallest // div * div)
+
+
 def random_flip_rot(arrays, rng: np.random.Generator):
     """The same random flips and rot90 of every array (over the last two axes); copies."""
     k = int(rng.integers(0, 4))
@@ -493,6 +507,7 @@ class DenseSegmenter(TorchNetSegmenter):
         if device.type == "cpu":
             net.to(memory_format=torch.channels_last)
         bs = int(o["batch_size"])
+        crop = fit_patch(int(o["crop"]), self.multiple, [s.labels.shape for s in fit_samples])
         opt = torch.optim.AdamW(net.parameters(), lr=float(o["lr"]), weight_decay=o["weight_decay"])
         fit = SimpleNamespace(
             images=images,
@@ -502,11 +517,11 @@ class DenseSegmenter(TorchNetSegmenter):
             net=net,
             rng=np.random.default_rng(int(o["seed"])),
             bs=bs,
-            crop=int(o["crop"]),
+            crop=crop,
             opt=opt,
             probs=area_weights(images),
             set_lr=cosine_lr(opt, float(o["lr"])),
-            info={},
+            info={"crop": crop},
         )
         step_fn = self._fit_step(fit)
         with seeded(int(o["seed"]) + 1):

@@ -65,6 +65,7 @@ from cellsynth.benchmark.segmenters._torchutil import (
     check_train,
     cosine_lr,
     device_precision,
+    fit_patch,
     get_device,
     load_state_checked,
     load_state_dict_file,
@@ -339,7 +340,8 @@ class EmbedSegSegmenter(TorchNetSegmenter):
         net = self._ensure_net(in_ch)
         if device.type == "cpu":
             net.to(memory_format=torch.channels_last)
-        bs, crop, n_sigma = int(o["batch_size"]), int(o["crop"]), int(o["n_sigma"])
+        bs, n_sigma = int(o["batch_size"]), int(o["n_sigma"])
+        crop = fit_patch(int(o["crop"]), MULTIPLE, [s.labels.shape for s in fit_samples])
         side = (crop - 1) * PITCH
         with _quiet():
             criterion = es.SpatialEmbLoss(
@@ -389,6 +391,7 @@ class EmbedSegSegmenter(TorchNetSegmenter):
                 progress=progress,
                 desc="embedseg fit",
                 train_images=len(images),
+                crop=crop,
                 embedseg=package_version("EmbedSeg"),
             )
         if workdir is not None:

@@ -29,6 +29,7 @@ from cellsynth.benchmark.segmenters._tfutil import import_tensorflow, set_tensor
 from cellsynth.benchmark.segmenters._torchutil import (
     check_train,
     cosine_lr_value,
+    fit_patch,
     load_weights,
     normalize_image,
     save_weights,
@@ -261,6 +262,7 @@ class StarDistSegmenter(Segmenter):
             progress=progress,
             desc="stardist fit",
             train_images=len(fit_samples),
+            patch=patch,
         )
         if workdir is not None:
             self.save(Path(workdir) / "model")
@@ -329,18 +331,6 @@ class StarDistSegmenter(Segmenter):
         _KerasWeights(seg.model.keras_model).load_state_dict(state)
         seg.info = info
         return seg
-
-
-def fit_patch(patch: int, div: int, shapes) -> int:
-    """The training patch side: ``patch``, or, when the smallest training image is smaller, the
-    largest multiple of ``div`` that fits in it (at least ``div``). Padding a 128-px image to a
-    256-px patch left three quarters of every patch without a single object, and StarDist's
-    object probabilities then stayed under its threshold (validation AP@0.5 0 on 128-px
-    synthetic images)."""
-    smallest = min((min(int(h), int(w)) for h, w in (sh[:2] for sh in shapes)), default=patch)
-    if smallest >= patch:
-        return patch
-    return max(div, smallest // div * div)
 
 
 def _pad_to(a: np.ndarray, size: int) -> np.ndarray:
