@@ -4,7 +4,8 @@
     image = tr.translate(semantic_labels, instance_ids, seed=3)   # H x W (x C) uint8
 
 Deterministic: the same inputs (and seed, when the model draws per-cell features from its
-k-means clusters) give the same image.
+k-means clusters) give the same image. The transposed convolutions' checkerboard is removed from
+each image unless ``dechecker=False`` (:mod:`cellsynth.pix2pixhd.checkerboard`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from cellsynth.datasets.io import network_to_image
 from cellsynth.errors import CellsynthError
 from cellsynth.pix2pixhd import data as p2p_data
+from cellsynth.pix2pixhd.checkerboard import remove_checkerboard, upsamples_by_transposed_convs
 from cellsynth.pix2pixhd.checkpoints import resolve_checkpoint
 from cellsynth.pix2pixhd.clusters import load_clusters, region_classes
 from cellsynth.pix2pixhd.networks import build_generator
@@ -37,12 +39,17 @@ class Translator:
         size: tuple[int, int],
         clusters: dict[int, np.ndarray] | None = None,
         device: str | torch.device = "cpu",
+        dechecker: bool | None = None,
     ):
         self.opt = opt
         self.device = torch.device(device)
         self.G = generator.to(self.device).eval().requires_grad_(False)
         self.size = tuple(int(s) for s in size)
         self.clusters = clusters
+        # checkerboard.py: the period of the transposed convolutions' pattern (0: none)
+        n = upsamples_by_transposed_convs(self.G)
+        self.checkerboard_period = 2**n if n else 0
+        self.dechecker = bool(self.checkerboard_period) if dechecker is None else bool(dechecker)
         if opt.use_features and clusters is None:
             raise CellsynthError(
                 "this model was trained with --instance_feat/--label_feat and needs feature "
@@ -56,11 +63,14 @@ class Translator:
         device: str | torch.device = "cpu",
         which_epoch: str | int = "latest",
         clusters: str | os.PathLike | None = None,
+        dechecker: bool | None = None,
     ) -> Translator:
         """Load from a .pt checkpoint or a run folder (``latest.pt`` or ``epoch_N.pt``).
 
         Feature clusters (models with an encoder) come from ``clusters`` or ``clusters.npz``
-        beside the checkpoint.
+        beside the checkpoint. ``dechecker``: remove the transposed convolutions' checkerboard
+        from every image (:mod:`cellsynth.pix2pixhd.checkerboard`); None: when the generator
+        has them (every Pix2PixHD generator here does).
         """
         ckpt_path = resolve_checkpoint(path, which_epoch)
         ckpt = load_checkpoint(ckpt_path, kind=KIND)
@@ -80,7 +90,7 @@ class Translator:
             if cpath.is_file() or clusters:
                 table = load_clusters(cpath, opt.feat_num)
         size = config.get("size") or [opt.fineSize, opt.fineSize]
-        return cls(opt, generator, size, table, device)
+        return cls(opt, generator, size, table, device, dechecker)
 
     @property
     def label_nc(self) -> int:
@@ -180,4 +190,7 @@ class Translator:
         if feat is not None:
             x = torch.cat([x, torch.from_numpy(feat)[None].to(self.device)], dim=1)
         out = self.G(x)[0, :, :h, :w].float().cpu().numpy()
+        if self.dechecker and self.checkerboard_period:
+            level = np.clip((out + 1.0) * 127.5, 0.0, None)  # 0..255 units, as the filter's EPS
+            out = remove_checkerboard(level, self.checkerboard_period) / 127.5 - 1.0
         return network_to_image(out, np.uint8)

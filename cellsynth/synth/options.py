@@ -31,6 +31,7 @@ BORDER = ("keep", "drop")
 THRESHOLD_METHODS = ("fixed", *GLOBAL_METHODS)
 NOISE_MODES = ("const", "random", "none")
 SOURCE_KINDS = ("stylegan3", "pix2pixhd")
+DECHECKER = ("auto", "on", "off")
 DASK_WRITE = ("auto", "workers", "client")  # who writes the samples of a --dask run
 
 
@@ -75,6 +76,12 @@ class SourceOptions:
         help="stylegan3:PATH (a snapshot), simulate, or a canonical split folder of real masks.",
     )
     images: str = option("simulate", help="pix2pixhd:PATH or simulate.")
+    dechecker: str = option(
+        "auto",
+        choices=DECHECKER,
+        help="pix2pixhd images and spots: remove the transposed convolutions' checkerboard "
+        "from each image (auto: when the translator upsamples with them).",
+    )
     seeds: str = option("0-9", help="Seeds, e.g. 0-99,120.")
 
     def check(self) -> SourceOptions:

@@ -70,14 +70,16 @@ def load_generator(path, device, fp32: bool = False):
     return gen
 
 
-def load_translator(path, device, what: str):
-    """A Pix2PixHD translator (checkpoint or run folder) that takes 2-class masks."""
+def load_translator(path, device, what: str, dechecker: str = "auto"):
+    """A Pix2PixHD translator (checkpoint or run folder) that takes 2-class masks;
+    ``dechecker``: auto, on or off (see :mod:`cellsynth.pix2pixhd.checkerboard`)."""
     path = models.lookup(path, "pix2pixhd")
     missing = not path.exists() and (
         f"{path}: no such pix2pixhd checkpoint ({what}){models.hint('pix2pixhd')}; train one "
         "with `cellsynth pix2pixhd train` and give its latest.pt or run folder"
     )
-    tr = _load(_translator_class, "pix2pixhd translator", path, device, missing)
+    choice = {"auto": None, "on": True, "off": False}[dechecker]
+    tr = _load(_translator_class, "pix2pixhd translator", path, device, missing, dechecker=choice)
     if tr.label_nc == 1:
         raise CellsynthError(
             f"{path}: the {what} model takes label_nc=1, but masks carry 2 classes "
@@ -86,10 +88,15 @@ def load_translator(path, device, what: str):
     return tr
 
 
-def _translator_record(path) -> dict:
+def _translator_record(path, tr) -> dict:
     from cellsynth.pix2pixhd.checkpoints import resolve_checkpoint
 
-    return {"path": path, "sha256": file_sha256(resolve_checkpoint(path))}
+    return {
+        "path": path,
+        "sha256": file_sha256(resolve_checkpoint(path)),
+        # what was done, not what was asked: auto resolved
+        "dechecker": tr.checkerboard_period if tr.dechecker else 0,
+    }
 
 
 def _device(opts: SynthOptions) -> str | None:
@@ -127,14 +134,14 @@ def _spots_model(opts: SynthOptions, device, inputs: Inputs) -> None:
     spec = opts.spots.model
     kind, path = parse_source(spec, "spots-model")
     require(kind == "pix2pixhd", f"--spots-model {spec!r}: use pix2pixhd:PATH")
-    tr = load_translator(path, device, "spots")
+    tr = load_translator(path, device, "spots", opts.sources.dechecker)
     if tr.output_nc != 1:
         raise CellsynthError(
             f"{path}: the spots model makes {tr.output_nc}-channel images; "
             "a spots model must make 1-channel images"
         )
     inputs.spot_translator = tr
-    inputs.checkpoints["spots_model"] = _translator_record(path)
+    inputs.checkpoints["spots_model"] = _translator_record(path, tr)
 
 
 def _check_spot_channels(opts: SynthOptions, channels: int) -> None:
@@ -168,9 +175,9 @@ def open_inputs(opts: SynthOptions) -> Inputs:
         raise CellsynthError("--class needs --masks stylegan3:PATH")
     if src.images_kind == "pix2pixhd":
         path = src.source("images")[1]
-        inputs.translator = load_translator(path, device, "images")
-        inputs.out_channels = inputs.translator.output_nc
-        inputs.checkpoints["images"] = _translator_record(path)
+        tr = inputs.translator = load_translator(path, device, "images", src.dechecker)
+        inputs.out_channels = tr.output_nc
+        inputs.checkpoints["images"] = _translator_record(path, tr)
     if opts.spots.model is not None:
         _spots_model(opts, device, inputs)
     _check_spot_channels(opts, inputs.out_channels)

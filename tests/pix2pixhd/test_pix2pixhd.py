@@ -14,6 +14,7 @@ from cellsynth.datasets.io import write_image
 from cellsynth.errors import CellsynthError
 from cellsynth.pix2pixhd import Translator
 from cellsynth.pix2pixhd import data as p2p_data
+from cellsynth.pix2pixhd.checkerboard import remove_checkerboard
 from cellsynth.pix2pixhd.clusters import kmeans, load_clusters, region_classes
 from cellsynth.pix2pixhd.losses import GANLoss, VGGLoss, feature_matching_loss, vgg19_features
 from cellsynth.pix2pixhd.networks import (
@@ -500,7 +501,15 @@ def test_translator(tmp_path, pairs):
     )
     with torch.no_grad():
         y = tr.G(x)[0, 0].numpy()
-    assert np.abs(a.astype(int) - np.rint((y + 1) * 127.5).astype(int)).max() <= 1
+    raw = Translator.load(run, dechecker=False)
+    assert raw.checkerboard_period == tr.checkerboard_period == 4 and tr.dechecker
+    assert not raw.dechecker
+    b = raw.translate(lab, inst)
+    assert np.abs(b.astype(int) - np.rint((y + 1) * 127.5).astype(int)).max() <= 1
+    # by default the transposed convolutions' period-4 pattern is divided out
+    level = np.clip((y + 1) * 127.5, 0, None)
+    want = np.rint(np.clip(remove_checkerboard(level, 4), 0, 255)).astype(int)
+    assert np.abs(a.astype(int) - want).max() <= 1 and not np.array_equal(a, b)
     odd = tr.translate(lab[:30, :29], inst[:30, :29])  # padded to multiples of 4, cropped back
     assert odd.shape == (30, 29)
     batch = tr.translate_batch([lab, lab[:30, :29]], [inst, inst[:30, :29]])

@@ -330,6 +330,19 @@ def test_gan_sources(tmp_path, one_thread):
         assert np.array_equal(read_image(out / "images" / f"seed{seed:06d}.tif"), img)
     man = json.loads((out / "manifest.json").read_text())
     assert len(man["checkpoints"]["masks"]["sha256"]) == 64 and "images" in man["checkpoints"]
+    # the checkerboard filter: on by default (what was done is recorded), off on request
+    assert tr.dechecker and man["checkpoints"]["images"]["dechecker"] == tr.checkerboard_period > 0
+    assert man["options"]["dechecker"] == "auto"
+    off = tmp_path / "off"
+    synth(off, seeds="0", dechecker="off", **kw)
+    man_off = json.loads((off / "manifest.json").read_text())
+    assert man_off["checkpoints"]["images"]["dechecker"] == 0
+    lab = read_labels(off / "masks" / "seed000000.tif")
+    plain = Translator.load(p, dechecker=False).translate((lab > 0).astype(np.uint8), lab, seed=0)
+    assert np.array_equal(read_image(off / "images" / "seed000000.tif"), plain)
+    assert not np.array_equal(plain, read_image(out / "images" / "seed000000.tif"))
+    with pytest.raises(CellsynthError, match="dechecker"):
+        synth(tmp_path / "bad", seeds="0", dechecker="maybe", **kw)
     sh = tmp_path / "sh"
     for i in (0, 1):
         synth(sh, seeds="0-2", shard=f"{i}/2", **kw)
