@@ -178,29 +178,19 @@ def per_class_figures(gen, test, fake, args) -> dict:
     return out
 
 
-def image_figures(args, train, test, dechecker: bool = True) -> dict:
+def image_figures(args, train, test, variants) -> dict[str, dict]:
+    """The image figures of each ``(key, dechecker)`` variant of the translator's output; what
+    the real images give (the classical probe, the intensity distributions, the trained probes'
+    predictions) is computed once for all of them."""
     from scipy.stats import wasserstein_distance
 
     from cellsynth.benchmark.segmenters import make_segmenter
     from cellsynth.benchmark.segmenters._fitting import pooled_ap50
     from cellsynth.pix2pixhd.translator import Translator
 
-    tr = Translator.load(args.images, dechecker=dechecker)
-    t0 = time.perf_counter()
-    synth = []
-    for s in test:
-        lab = s.labels
-        synth.append(tr.translate((lab > 0).astype(np.uint8), lab.astype(np.uint16), seed=0))
-    tr_s = time.perf_counter() - t0
-
     def gray(img):
         img = np.asarray(img, dtype=np.float64)
         return img if img.ndim == 2 else img[..., 0]
-
-    probe = make_segmenter("classical")
-    truth = [s.labels for s in test]
-    ap_real = pooled_ap50(truth, [probe.predict(gray(s.image)) for s in test])
-    ap_synth = pooled_ap50(truth, [probe.predict(gray(im)) for im in synth])
 
     def intensities(pairs):
         nuc, bg = [], []
@@ -214,43 +204,59 @@ def image_figures(args, train, test, dechecker: bool = True) -> dict:
                 bg.append(float(img[lab == 0].mean()))
         return np.asarray(nuc), np.asarray(bg)
 
-    n_real, b_real = intensities([(s.image, s.labels) for s in test])
-    n_syn, b_syn = intensities(zip(synth, truth))
+    probe = make_segmenter("classical")
+    truth = [s.labels for s in test]
+    real_images = [s.image for s in test]
+    ap_real = pooled_ap50(truth, [probe.predict(gray(im)) for im in real_images])
+    n_real, b_real = intensities(zip(real_images, truth))
     n_tr, b_tr = intensities([(s.image, s.labels) for s in train])
-    out = {
-        "translator": str(args.images),
-        "dechecker": tr.checkerboard_period if tr.dechecker else 0,
-        "num_test_images": len(test),
-        "translate_s": round(tr_s, 1),
-        "probe": "classical (default options)",
-        "probe_ap50_real": round(ap_real, 4),
-        "probe_ap50_translated": round(ap_synth, 4),
-        "probe_ratio": round(ap_synth / ap_real, 4) if ap_real else None,
-    }
-    goals = {"probe_ratio": bool(ap_real and ap_synth / ap_real >= 0.95)}
-    for spec in args.probe_model:
-        name, ratio = trained_probe(spec, synth, test)
-        out[f"probe_{name}"] = ratio
-        goals[f"probe_ratio_{name}"] = bool(ratio["ratio"]["ap50"] >= 0.95)
-    for name, real, syn, ref in (
-        ("nucleus_mean_intensity", n_real, n_syn, n_tr),
-        ("background_intensity", b_real, b_syn, b_tr),
-    ):
-        d, r = wasserstein_distance(real, syn), wasserstein_distance(real, ref)
-        out[name] = {
-            "real_test_mean": round(float(real.mean()), 2),
-            "translated_mean": round(float(syn.mean()), 2),
-            "real_train_mean": round(float(ref.mean()), 2),
-            "w1_translated": round(float(d), 3),
-            "w1_train_ref": round(float(r), 3),
-            "ratio": round(float(d / r), 3) if r else None,
+    trained = [load_probe(spec, real_images) for spec in args.probe_model]
+    tr = Translator.load(args.images)
+    results = {}
+    for key, dechecker in variants:
+        tr.dechecker = dechecker
+        t0 = time.perf_counter()
+        synth = []
+        for lab in truth:
+            synth.append(tr.translate((lab > 0).astype(np.uint8), lab.astype(np.uint16), seed=0))
+        tr_s = time.perf_counter() - t0
+        ap_synth = pooled_ap50(truth, [probe.predict(gray(im)) for im in synth])
+        n_syn, b_syn = intensities(zip(synth, truth))
+        out = {
+            "translator": str(args.images),
+            "dechecker": tr.dechecker_period,
+            "num_test_images": len(test),
+            "translate_s": round(tr_s, 1),
+            "probe": "classical (default options)",
+            "probe_ap50_real": round(ap_real, 4),
+            "probe_ap50_translated": round(ap_synth, 4),
+            "probe_ratio": round(ap_synth / ap_real, 4) if ap_real else None,
         }
-        goals[name] = bool(r and d / r <= 1.2)
-    out["goals_met"] = goals
-    if args.grid_dir:
-        name = "images_test_grid.png" if dechecker else "images_test_grid_raw.png"
-        write_image_grid(Path(args.grid_dir) / name, test, synth)
-    return out
+        goals = {"probe_ratio": bool(ap_real and ap_synth / ap_real >= 0.95)}
+        for name, folder, seg in trained:
+            ratio = trained_probe(folder, seg, synth, real_images, truth)
+            out[f"probe_{name}"] = ratio
+            goals[f"probe_ratio_{name}"] = bool(ratio["ratio"]["ap50"] >= 0.95)
+        for name, real, syn, ref in (
+            ("nucleus_mean_intensity", n_real, n_syn, n_tr),
+            ("background_intensity", b_real, b_syn, b_tr),
+        ):
+            d, r = wasserstein_distance(real, syn), wasserstein_distance(real, ref)
+            out[name] = {
+                "real_test_mean": round(float(real.mean()), 2),
+                "translated_mean": round(float(syn.mean()), 2),
+                "real_train_mean": round(float(ref.mean()), 2),
+                "w1_translated": round(float(d), 3),
+                "w1_train_ref": round(float(r), 3),
+                "ratio": round(float(d / r), 3) if r else None,
+            }
+            goals[name] = bool(r and d / r <= 1.2)
+        out["goals_met"] = goals
+        if args.grid_dir:
+            name = "images_test_grid.png" if dechecker else "images_test_grid_raw.png"
+            write_image_grid(Path(args.grid_dir) / name, test, synth)
+        results[key] = out
+    return results
 
 
 def write_mask_grid(path: Path, real_tiles, generated, n: int = 16, zoom: int = 3) -> None:
@@ -306,20 +312,42 @@ def write_image_grid(path: Path, test, synth, n: int = 6, crop: int = 256) -> No
     write_image(path, np.concatenate(rows, axis=0))
 
 
-def trained_probe(spec: str, synth, test) -> tuple[str, dict]:
+class RealOnce:
+    """A segmenter whose predictions on the real test images (the same arrays every time) are
+    made once and reused for every translator variant's paired fidelity."""
+
+    def __init__(self, seg, real_images):
+        self.seg, self.real = seg, {id(im) for im in real_images}
+        self.cache: dict[int, np.ndarray] = {}
+
+    def predict(self, image):
+        key = id(image)
+        if key not in self.real:
+            return self.seg.predict(image)
+        if key not in self.cache:
+            self.cache[key] = self.seg.predict(image)
+        return self.cache[key]
+
+
+def load_probe(spec: str, real_images) -> tuple[str, str, RealOnce]:
     """``NAME=DIR``: the segmenter ``NAME`` saved in ``DIR`` (e.g. the model folder a
-    ``perf/segmenters_learn.py`` run keeps) scored on the translated and the real test images
-    against the same masks (paired fidelity, with its paired-bootstrap interval)."""
+    ``perf/segmenters_learn.py`` run keeps), loaded once."""
     from cellsynth.benchmark.segmenters import get_segmenter_class
-    from cellsynth.benchmark.validity import paired_fidelity
 
     name, _, folder = spec.partition("=")
     if not folder:
         raise SystemExit(f"--probe-model wants NAME=DIR, got {spec!r}")
-    seg = get_segmenter_class(name).load(folder)
-    res = paired_fidelity(synth, [s.image for s in test], [s.labels for s in test], seg)
+    return name, folder, RealOnce(get_segmenter_class(name).load(folder), real_images)
+
+
+def trained_probe(folder, seg, synth, real_images, truth) -> dict:
+    """A trained probe scored on the translated and the real test images against the same
+    masks (paired fidelity, with its paired-bootstrap interval)."""
+    from cellsynth.benchmark.validity import paired_fidelity
+
+    res = paired_fidelity(synth, real_images, truth, seg)
     keep = ("n_images", "translated", "real", "ratio", "ratio_ci")
-    return name, {"model": folder, **{k: res[k] for k in keep}}
+    return {"model": folder, **{k: res[k] for k in keep}}
 
 
 def main():
@@ -361,10 +389,10 @@ def main():
     if not args.skip_masks:
         out["masks"] = mask_figures(args, train, test)
     if not args.skip_images:
-        if args.dechecker != "off":
-            out["images"] = image_figures(args, train, test)
-        if args.dechecker != "on":
-            out["images_no_dechecker"] = image_figures(args, train, test, dechecker=False)
+        variants = [("images", True), ("images_no_dechecker", False)]
+        keep = {"both": (True, False), "on": (True,), "off": (False,)}[args.dechecker]
+        variants = [(key, on) for key, on in variants if on in keep]
+        out.update(image_figures(args, train, test, variants))
     print(json.dumps(out, indent=2))
 
 

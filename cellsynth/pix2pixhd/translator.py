@@ -93,6 +93,11 @@ class Translator:
         return cls(opt, generator, size, table, device, dechecker)
 
     @property
+    def dechecker_period(self) -> int:
+        """The period of the checkerboard removed from each image (0: none removed)."""
+        return self.checkerboard_period if self.dechecker else 0
+
+    @property
     def label_nc(self) -> int:
         """Semantic classes the model takes (0: label values fed directly)."""
         return int(self.opt.label_nc)
@@ -190,7 +195,7 @@ class Translator:
         if feat is not None:
             x = torch.cat([x, torch.from_numpy(feat)[None].to(self.device)], dim=1)
         out = self.G(x)[0, :, :h, :w].float().cpu().numpy()
-        if self.dechecker and self.checkerboard_period:
+        if self.dechecker_period:
             level = np.clip((out + 1.0) * 127.5, 0.0, None)  # 0..255 units, as the filter's EPS
-            out = remove_checkerboard(level, self.checkerboard_period) / 127.5 - 1.0
+            out = remove_checkerboard(level, self.dechecker_period) / 127.5 - 1.0
         return network_to_image(out, np.uint8)

@@ -94,8 +94,7 @@ def _translator_record(path, tr) -> dict:
     return {
         "path": path,
         "sha256": file_sha256(resolve_checkpoint(path)),
-        # what was done, not what was asked: auto resolved
-        "dechecker": tr.checkerboard_period if tr.dechecker else 0,
+        "dechecker": tr.dechecker_period,  # what was done, not what was asked (auto resolved)
     }
 
 
