@@ -1,5 +1,6 @@
 """Pix2PixHD speed on this machine: training iterations/s and translation images/s at 256x256
-(global generator; the default ngf 64 and a small ngf 16), printed as JSON.
+(global generator; the default ngf 64 and a small ngf 16), printed as JSON. Translation is timed
+with synth's mirrored margin (``translate_images_per_s``) and without (``..._margin0``).
 
     OMP_NUM_THREADS=1 python perf/p2p_speed.py [--size 256] [--iters 3] [--threads 1]
         [--ngf 32] [--n-down 3] [--fp16 both]
@@ -16,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from cellsynth.pix2pixhd.options import Options
+from cellsynth.pix2pixhd.options import DEFAULT_MARGIN, Options
 from cellsynth.pix2pixhd.training_loop import Pix2PixHDModel
 from cellsynth.pix2pixhd.translator import Translator
 from cellsynth.precision import cpu_kind
@@ -62,14 +63,16 @@ def measure(
     if device.type == "cuda":
         torch.cuda.synchronize()
     train_s = (time.perf_counter() - t) / iters
-    tr = Translator(opt, model.G, (size, size), device=device)
     lab = batch["label"][0].cpu().numpy()
     ins = batch["inst"][0].cpu().numpy()
-    tr.translate(lab, ins)
-    t = time.perf_counter()
-    for _ in range(iters):
+    test_s = {}
+    for margin in (DEFAULT_MARGIN, 0):  # synth's default; none (the network's own size)
+        tr = Translator(opt, model.G, (size, size), device=device, margin=margin)
         tr.translate(lab, ins)
-    test_s = (time.perf_counter() - t) / iters
+        t = time.perf_counter()
+        for _ in range(iters):
+            tr.translate(lab, ins)
+        test_s[margin] = (time.perf_counter() - t) / iters
     n_g = sum(p.numel() for p in model.G.parameters())
     n_d = sum(p.numel() for p in model.D.parameters())
     return {
@@ -82,7 +85,9 @@ def measure(
         "D_params": n_d,
         "train_iter_per_s": round(1.0 / train_s, 4),
         "train_s_per_iter": round(train_s, 3),
-        "translate_images_per_s": round(1.0 / test_s, 4),
+        "translate_margin": DEFAULT_MARGIN,
+        "translate_images_per_s": round(1.0 / test_s[DEFAULT_MARGIN], 4),
+        "translate_images_per_s_margin0": round(1.0 / test_s[0], 4),
     }
 
 

@@ -2,7 +2,8 @@
 
     OMP_NUM_THREADS=2 python perf/pretrained_goals.py [--masks dsb2018-nuclei]
         [--images dsb2018-nuclei] [--num 1000] [--trunc PSI] [--marker-thresh LEVEL] [--data ../shared/data/dsb2018-fluo]
-        [--skip-masks] [--skip-images] [--dechecker both|on|off] [--grid-dir DIR]
+        [--skip-masks] [--skip-images] [--dechecker both|on|off] [--margin PX,...]
+        [--blur SIGMA,...] [--grid-dir DIR]
         [--probe-model NAME=DIR ...]
 
 Prints one JSON object. Masks: ``--num`` generated tiles decoded to instances against the real
@@ -18,7 +19,8 @@ on the real images of the same masks (goal >= 95 %); per-nucleus mean intensity 
 background intensity as distributions against the real test images, with the real train images
 as the reference distance (goal <= 1.2x). The image figures come twice by default, with the
 translator's checkerboard filter (``images``, what ``synth`` does) and without it
-(``images_no_dechecker``).
+(``images_no_dechecker``); ``--margin`` and ``--blur`` add variants with other mirrored margins
+and last smoothings (keys ``..._marginM``, ``..._blurS``) beside synth's defaults.
 """
 
 from __future__ import annotations
@@ -179,7 +181,8 @@ def per_class_figures(gen, test, fake, args) -> dict:
 
 
 def image_figures(args, train, test, variants) -> dict[str, dict]:
-    """The image figures of each ``(key, dechecker)`` variant of the translator's output; what
+    """The image figures of each ``(key, dechecker, margin, blur)`` variant of the translator
+    (blur None: the file's); what
     the real images give (the classical probe, the intensity distributions, the trained probes'
     predictions) is computed once for all of them."""
     from scipy.stats import wasserstein_distance
@@ -213,8 +216,10 @@ def image_figures(args, train, test, variants) -> dict[str, dict]:
     trained = [load_probe(spec, real_images) for spec in args.probe_model]
     tr = Translator.load(args.images)
     results = {}
-    for key, dechecker in variants:
-        tr.dechecker = dechecker
+    recorded = tr.blur
+    for key, dechecker, margin, blur in variants:
+        tr.dechecker, tr.margin = dechecker, margin
+        tr.blur = recorded if blur is None else blur
         t0 = time.perf_counter()
         synth = []
         for lab in truth:
@@ -225,6 +230,8 @@ def image_figures(args, train, test, variants) -> dict[str, dict]:
         out = {
             "translator": str(args.images),
             "dechecker": tr.dechecker_period,
+            "margin": tr.margin,
+            "blur": tr.blur,
             "num_test_images": len(test),
             "translate_s": round(tr_s, 1),
             "probe": "classical (default options)",
@@ -253,7 +260,7 @@ def image_figures(args, train, test, variants) -> dict[str, dict]:
             goals[name] = bool(r and d / r <= 1.2)
         out["goals_met"] = goals
         if args.grid_dir:
-            name = "images_test_grid.png" if dechecker else "images_test_grid_raw.png"
+            name = "images_test_grid.png" if key == "images" else f"{key}_test_grid.png"
             write_image_grid(Path(args.grid_dir) / name, test, synth)
         results[key] = out
     return results
@@ -371,6 +378,20 @@ def main():
         default="both",
         help="images: with the translator's checkerboard filter, without, or both side by side",
     )
+    ap.add_argument(
+        "--margin",
+        type=lambda t: [int(v) for v in t.split(",")],
+        default=None,
+        help="images: the translator's mirrored margins to measure, comma-separated (default: "
+        "synth's)",
+    )
+    ap.add_argument(
+        "--blur",
+        type=lambda t: [float(v) for v in t.split(",")],
+        default=None,
+        help="images: the translator's last smoothing (Gaussian sigma, px) to measure, "
+        "comma-separated (default: the one the file records)",
+    )
     ap.add_argument("--skip-masks", action="store_true")
     ap.add_argument("--skip-images", action="store_true")
     ap.add_argument("--grid-dir", default=None)
@@ -389,9 +410,17 @@ def main():
     if not args.skip_masks:
         out["masks"] = mask_figures(args, train, test)
     if not args.skip_images:
-        variants = [("images", True), ("images_no_dechecker", False)]
+        from cellsynth.pix2pixhd.translator import DEFAULT_MARGIN
+
         keep = {"both": (True, False), "on": (True,), "off": (False,)}[args.dechecker]
-        variants = [(key, on) for key, on in variants if on in keep]
+        variants = []
+        for blur in args.blur or [None]:
+            for margin in args.margin or [DEFAULT_MARGIN]:
+                for on in keep:
+                    key = "images" + ("" if on else "_no_dechecker")
+                    key += "" if margin == DEFAULT_MARGIN else f"_margin{margin}"
+                    key += "" if blur is None else f"_blur{blur:g}"
+                    variants.append((key, on, margin, blur))
         out.update(image_figures(args, train, test, variants))
     print(json.dumps(out, indent=2))
 

@@ -104,15 +104,29 @@ def verify():
 )
 @click.option("--boundary-thresh", type=float, default=None, help="stylegan3: as --fg-thresh.")
 @click.option("--marker-thresh", type=float, default=None, help="stylegan3: as --fg-thresh.")
-def export(kind, checkpoint, out, fp32, trunc, **thresholds):
+@click.option(
+    "--blur",
+    type=float,
+    default=None,
+    help="pix2pixhd: the Gaussian sigma (px) its images get by default (recorded in the file; "
+    "default: none recorded, i.e. 0).",
+)
+def export(kind, checkpoint, out, fp32, trunc, blur, **thresholds):
     """Write a weights-only copy of a training checkpoint (generator only, fp16 storage).
 
     For a mask generator, --trunc and the thresholds record the settings it samples and decodes
-    at when none are given (chosen on the training data; see the model card)."""
+    at when none are given; for a translator, --blur the smoothing its images get (chosen on the
+    training data; see the model card)."""
     from cellsynth import models as registry
     from cellsynth.atomic import file_sha256
     from cellsynth.stylegan3.generate import is_threshold, is_trunc
 
+    if blur is not None:
+        if kind != "pix2pixhd":
+            raise CellsynthError(f"--blur is for --kind pix2pixhd, not {kind}")
+        from cellsynth.pix2pixhd.translator import check_blur
+
+        blur = check_blur(blur, "--blur")
     decode = {k: float(v) for k, v in thresholds.items() if v is not None}
     if (trunc is not None or decode) and kind != "stylegan3":
         raise CellsynthError(
@@ -126,6 +140,8 @@ def export(kind, checkpoint, out, fp32, trunc, **thresholds):
     settings = {"trunc": float(trunc)} if trunc is not None else {}
     if decode:
         settings["decode"] = decode
+    if blur is not None:
+        settings["blur"] = blur
     if kind == "pix2pixhd":
         from cellsynth.pix2pixhd.checkpoints import resolve_checkpoint
 

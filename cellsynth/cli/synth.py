@@ -49,6 +49,13 @@ def synth(ctx, out, **options):
         + (f", {summary['skipped']} already there" if summary["skipped"] else "")
         + (what if shard else "")
     )
+    if summary["redrawn"]:
+        short = summary["below_min_cells"]
+        click.echo(
+            f"{summary['redrawn']} generated masks had fewer than --min-cells cells and were "
+            "drawn again from their seed's next latents"
+            + (f"; {short} still have fewer (the draw with the most cells kept)" if short else "")
+        )
 
 
 @synth.command("merge")

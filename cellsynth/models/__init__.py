@@ -226,10 +226,13 @@ def export_weights(
         return t.half() if half and torch.is_floating_point(t) else t
 
     state = {k: {n: small(t) for n, t in data[k].items()} for k in keep}
+    origin = Path(src).name  # an export of an export keeps the chain: "a.pt <- latest.pt"
+    if data["config"].get("exported_from"):
+        origin = f"{origin} <- {data['config']['exported_from']}"
     config = dict(
         data["config"],
         **(settings or {}),
-        exported_from=Path(src).name,
+        exported_from=origin,
         storage="fp16" if half else "fp32",
     )
     return save_checkpoint(dest, state, kind, config)

@@ -16,6 +16,8 @@ from cellsynth.errors import CellsynthError
 RESIZE_OR_CROP = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
 GAN_MODES = ("lsgan", "vanilla", "hinge")
 NET_G = ("global", "local")
+# a Translator's mirrored context around each map, px (see Translator.translate_batch)
+DEFAULT_MARGIN = 32
 
 
 @dataclass

@@ -5,7 +5,9 @@
 
 Deterministic: the same inputs (and seed, when the model draws per-cell features from its
 k-means clusters) give the same image. The transposed convolutions' checkerboard is removed from
-each image unless ``dechecker=False`` (:mod:`cellsynth.pix2pixhd.checkerboard`).
+each image unless ``dechecker=False`` (:mod:`cellsynth.pix2pixhd.checkerboard`); a ``blur``
+(Gaussian sigma, px; the one the file records by default) smooths what is left of the network's
+fine-grained texture, the last step before the uint8 rounding.
 """
 
 from __future__ import annotations
@@ -23,10 +25,32 @@ from cellsynth.pix2pixhd.checkerboard import remove_checkerboard, upsamples_by_t
 from cellsynth.pix2pixhd.checkpoints import resolve_checkpoint
 from cellsynth.pix2pixhd.clusters import load_clusters, region_classes
 from cellsynth.pix2pixhd.networks import build_generator
-from cellsynth.pix2pixhd.options import Options
+from cellsynth.pix2pixhd.options import DEFAULT_MARGIN, Options
 from cellsynth.training.checkpoint import load_checkpoint
 
 KIND = "pix2pixhd"
+
+
+def check_blur(blur, where: str = "the translator's blur") -> float:
+    """A Gaussian sigma in pixels: a finite number >= 0 (CellsynthError otherwise)."""
+    ok = isinstance(blur, int | float | np.floating) and not isinstance(blur, bool)
+    if not ok or not np.isfinite(blur) or blur < 0:
+        raise CellsynthError(f"{where} must be a finite number >= 0 (px), not {blur!r}")
+    return float(blur)
+
+
+def recorded_blur(config: dict) -> float:
+    """The blur a translator file records (``config["blur"]``, written by ``cellsynth models
+    export --blur``), 0.0 when none."""
+    value = config.get("blur")
+    return 0.0 if value is None else check_blur(value, "the translator file's recorded blur")
+
+
+def check_margin(margin) -> int:
+    """A translator's mirrored margin in pixels: an int >= 0 (CellsynthError otherwise)."""
+    if isinstance(margin, bool) or not isinstance(margin, int | np.integer) or margin < 0:
+        raise CellsynthError(f"the translator's margin must be a whole number >= 0, not {margin!r}")
+    return int(margin)
 
 
 class Translator:
@@ -40,6 +64,8 @@ class Translator:
         clusters: dict[int, np.ndarray] | None = None,
         device: str | torch.device = "cpu",
         dechecker: bool | None = None,
+        margin: int = DEFAULT_MARGIN,
+        blur: float = 0.0,
     ):
         self.opt = opt
         self.device = torch.device(device)
@@ -50,6 +76,8 @@ class Translator:
         n = upsamples_by_transposed_convs(self.G)
         self.checkerboard_period = 2**n if n else 0
         self.dechecker = bool(self.checkerboard_period) if dechecker is None else bool(dechecker)
+        self.margin = check_margin(margin)
+        self.blur = check_blur(blur)
         if opt.use_features and clusters is None:
             raise CellsynthError(
                 "this model was trained with --instance_feat/--label_feat and needs feature "
@@ -64,13 +92,18 @@ class Translator:
         which_epoch: str | int = "latest",
         clusters: str | os.PathLike | None = None,
         dechecker: bool | None = None,
+        margin: int = DEFAULT_MARGIN,
+        blur: float | None = None,
     ) -> Translator:
         """Load from a .pt checkpoint or a run folder (``latest.pt`` or ``epoch_N.pt``).
 
         Feature clusters (models with an encoder) come from ``clusters`` or ``clusters.npz``
         beside the checkpoint. ``dechecker``: remove the transposed convolutions' checkerboard
         from every image (:mod:`cellsynth.pix2pixhd.checkerboard`); None: when the generator
-        has them (every Pix2PixHD generator here does).
+        has them (every Pix2PixHD generator here does). ``margin``: pixels of mirrored context
+        translated around each map and cut off again (see :meth:`translate_batch`). ``blur``:
+        the Gaussian sigma (px) every image gets last; None: the one the file records
+        (:func:`recorded_blur`; ``models export --blur``), else 0.
         """
         ckpt_path = resolve_checkpoint(path, which_epoch)
         ckpt = load_checkpoint(ckpt_path, kind=KIND)
@@ -90,7 +123,8 @@ class Translator:
             if cpath.is_file() or clusters:
                 table = load_clusters(cpath, opt.feat_num)
         size = config.get("size") or [opt.fineSize, opt.fineSize]
-        return cls(opt, generator, size, table, device, dechecker)
+        blur = recorded_blur(config) if blur is None else blur
+        return cls(opt, generator, size, table, device, dechecker, margin, blur)
 
     @property
     def dechecker_period(self) -> int:
@@ -155,7 +189,14 @@ class Translator:
 
     @torch.no_grad()
     def translate_batch(self, labels_list, instances_list=None, seeds=None) -> list[np.ndarray]:
-        """Translate several (labels, instances) pairs; returns H x W (x C) uint8 images."""
+        """Translate several (labels, instances) pairs; returns H x W (x C) uint8 images.
+
+        With a :attr:`margin`, each map is first extended by that many pixels of its own mirror
+        image on every side, translated, and cut back to its size: the network then sees
+        context past the edges, as it did inside its training tiles, instead of its zero
+        padding. A cell cut by the edge continues into its mirror image, so the edge draws no
+        boundary through it.
+        """
         labels_list = list(labels_list)
         if instances_list is None:
             instances_list = [None] * len(labels_list)
@@ -180,11 +221,11 @@ class Translator:
 
     def _translate_one(self, labels: np.ndarray, instances: np.ndarray, seed: int) -> np.ndarray:
         h, w = labels.shape
-        base = self.opt.size_multiple
-        ph, pw = (-h) % base, (-w) % base
+        m, base = self.margin, self.opt.size_multiple
+        ph, pw = (-(h + 2 * m)) % base, (-(w + 2 * m)) % base
         feat = self._features(labels, instances, seed) if self.opt.use_features else None
-        if ph or pw:
-            pad = ((0, ph), (0, pw))
+        if m or ph or pw:
+            pad = ((m, m + ph), (m, m + pw))
             labels = np.pad(labels, pad, mode="symmetric")
             instances = np.pad(instances, pad, mode="symmetric")
             if feat is not None:
@@ -194,8 +235,13 @@ class Translator:
         x = p2p_data.encode_input(lab, ins, self.opt)
         if feat is not None:
             x = torch.cat([x, torch.from_numpy(feat)[None].to(self.device)], dim=1)
-        out = self.G(x)[0, :, :h, :w].float().cpu().numpy()
+        # the filter sees the whole output, so its phases are those of the network's grid
+        out = self.G(x)[0, :, : m + h + m, : m + w + m].float().cpu().numpy()
         if self.dechecker_period:
             level = np.clip((out + 1.0) * 127.5, 0.0, None)  # 0..255 units, as the filter's EPS
             out = remove_checkerboard(level, self.dechecker_period) / 127.5 - 1.0
-        return network_to_image(out, np.uint8)
+        if self.blur:
+            from scipy.ndimage import gaussian_filter
+
+            out = gaussian_filter(out, (0, self.blur, self.blur), mode="reflect", truncate=4.0)
+        return network_to_image(out[:, m : m + h, m : m + w], np.uint8)

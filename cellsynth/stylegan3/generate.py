@@ -6,7 +6,9 @@
     x = gen.generate([0, 1, 2])          # float32 N x C x R x R in [-1, 1]
     labels = gen.decode(x)               # list of uint16 instance-label images
 
-Latents follow the users' habit: ``z = np.random.RandomState(seed).randn(z_dim)``.
+Latents follow the users' habit: ``z = np.random.RandomState(seed).randn(z_dim)``; a seed's
+further draws (``draws``, which ``synth --min-cells`` uses for a mask with too few cells) come
+from ``np.random.RandomState([seed, k])``, k = 1, 2, ... (see :func:`latent`).
 
 Recorded settings: with no ``trunc`` given, a generator samples at the psi its file records
 (``config["trunc"]``), and at 1.0 (no truncation) when it records none, as a training snapshot
@@ -76,6 +78,15 @@ def recorded_trunc(config: dict) -> float:
             f"the generator file records truncation psi {value!r}; expected a number in (0, 1]"
         )
     return float(value)
+
+
+def latent(seed: int, z_dim: int, draw: int = 0) -> np.ndarray:
+    """The latent of ``seed``: ``RandomState(seed).randn(z_dim)`` for draw 0 (the users'
+    habit), ``RandomState([seed, draw]).randn(z_dim)`` for a later draw."""
+    if draw < 0:
+        raise CellsynthError(f"a latent's draw must be >= 0, not {draw}")
+    rs = np.random.RandomState(seed if draw == 0 else [seed, draw])
+    return rs.randn(z_dim)
 
 
 class MaskGenerator:
@@ -182,6 +193,7 @@ class MaskGenerator:
         translate=(0.0, 0.0),
         rotate: float = 0.0,
         progress: bool = False,
+        draws=None,
     ) -> np.ndarray:
         """Masks for ``seeds`` as float32 N x C x R x R in [-1, 1].
 
@@ -192,7 +204,9 @@ class MaskGenerator:
             without it each seed's class follows :meth:`seed_classes`;
             noise_mode: const, random or none; batch: images per forward pass;
             translate, rotate: input transform of a stylegan3 network (translate in fractions of
-            the image size, rotate in degrees).
+            the image size, rotate in degrees);
+            draws: per seed, which of its latents (:func:`latent`; None: draw 0 for all). A
+            conditional network keeps each seed's class whatever the draw.
         """
         import torch
         from tqdm import tqdm
@@ -201,12 +215,15 @@ class MaskGenerator:
         self.check_options(class_idx, noise_mode, batch, translate, rotate, trunc)
         trunc = self.trunc_for(trunc)
         classes = self.seed_classes(seeds, class_idx)
+        draws = [0] * len(seeds) if draws is None else [int(d) for d in draws]
+        if len(draws) != len(seeds):
+            raise CellsynthError(f"{len(seeds)} seeds but {len(draws)} draws")
         self._set_transform(translate, rotate)
         out = np.empty((len(seeds), self.channels, self.resolution, self.resolution), np.float32)
         with torch.no_grad():
             for i in tqdm(range(0, len(seeds), batch), disable=not progress, desc="generate"):
                 chunk = seeds[i : i + batch]
-                z = np.stack([np.random.RandomState(s).randn(self.z_dim) for s in chunk])
+                z = np.stack([latent(s, self.z_dim, d) for s, d in zip(chunk, draws[i:])])
                 z = torch.from_numpy(z).float().to(self.device)
                 c = torch.zeros([len(chunk), self.num_classes], device=self.device)
                 if classes is not None:

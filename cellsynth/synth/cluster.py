@@ -164,6 +164,7 @@ def run_chunk(plan: Plan, checkpoints: dict, groups, done, token: str, mode: str
         "records": sched.records,
         "anns": sched.anns,
         "times": sched.times,
+        "counts": sched.counts,
         "made": made,
         "files": files,
         "unread": skip,
@@ -208,7 +209,8 @@ def run_samples_dask(client, plan: Plan, inputs, seed_list: list[int], checkpoin
     """Make (or, resuming, read back) the samples of this run on the cluster of ``client``.
 
     Returns (records in seed-list order, annotations by seed, seconds per stage, number
-    written, facts about the distributed run: chunks, workers, who wrote, seconds).
+    written, counts as :func:`cellsynth.synth.scheduler.run_samples` gives them, facts about
+    the distributed run: chunks, workers, who wrote, seconds).
     """
     from tqdm import tqdm
 
@@ -225,6 +227,7 @@ def run_samples_dask(client, plan: Plan, inputs, seed_list: list[int], checkpoin
     records: dict[int, dict] = {}
     anns: dict[int, list] = {}
     times = dict.fromkeys(STAGES, 0.0)
+    counts = {"redrawn": 0, "below_min_cells": 0}
     facts = {
         "chunks": 0,
         "slots": n_slots(client),
@@ -279,6 +282,8 @@ def run_samples_dask(client, plan: Plan, inputs, seed_list: list[int], checkpoin
                 records[s], anns[s] = rec, a
             for name, v in res["times"].items():
                 times[name] = times.get(name, 0.0) + v
+            for name, v in res["counts"].items():
+                counts[name] += v
             key = "written_by_workers" if res["wrote"] else "written_by_client"
             facts[key] += len(res["made"])
             facts["chunks"] += 1
@@ -300,4 +305,4 @@ def run_samples_dask(client, plan: Plan, inputs, seed_list: list[int], checkpoin
             pass
     facts["seconds"] = time.perf_counter() - t0
     facts["workers_used"] = sorted(used)
-    return [records[s] for s in mine], anns, times, len(mine) - len(done), facts
+    return [records[s] for s in mine], anns, times, len(mine) - len(done), counts, facts

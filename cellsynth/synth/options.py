@@ -21,6 +21,7 @@ from typing import ClassVar
 from cellsynth.cluster import parse_dask
 from cellsynth.errors import CellsynthError, require
 from cellsynth.options import keyword_map, normalise, option
+from cellsynth.pix2pixhd.options import DEFAULT_MARGIN
 from cellsynth.tools.combine import MODES
 from cellsynth.tools.parse import parse_seeds, parse_size
 from cellsynth.tools.points import PREFIX as SPOTS_PREFIX
@@ -32,6 +33,7 @@ THRESHOLD_METHODS = ("fixed", *GLOBAL_METHODS)
 NOISE_MODES = ("const", "random", "none")
 SOURCE_KINDS = ("stylegan3", "pix2pixhd")
 DECHECKER = ("auto", "on", "off")
+MAX_DRAWS = 20  # --min-cells: latents tried per seed after its first
 DASK_WRITE = ("auto", "workers", "client")  # who writes the samples of a --dask run
 
 
@@ -83,6 +85,18 @@ class SourceOptions:
         "from each image (auto: when the translator upsamples with them). For test sets; for "
         "training data use off (segmenters trained on filtered images scored lower on real ones).",
     )
+    margin: int = option(
+        DEFAULT_MARGIN,
+        help="pix2pixhd images and spots: pixels of each mask's mirror image translated around "
+        "it and cut off again, so the image's edges get context instead of the network's zero "
+        "padding.",
+    )
+    blur: float | None = option(
+        None,
+        help="pix2pixhd images and spots: Gaussian sigma (px) of a last smoothing of each image "
+        "(default: what the translator file records: 0.5 for the shipped dsb2018-nuclei, chosen "
+        "on its training split; else 0).",
+    )
     seeds: str = option("0-9", help="Seeds, e.g. 0-99,120.")
 
     def check(self) -> SourceOptions:
@@ -90,6 +104,11 @@ class SourceOptions:
         if not isinstance(self.seeds, str):  # an int or a list: stored as text
             self.seeds = ",".join(str(s) for s in seed_list)
         normalise(self)
+        require(self.margin >= 0, f"--margin must be >= 0, got {self.margin}")
+        require(
+            self.blur is None or 0 <= self.blur < float("inf"),
+            f"--blur must be a finite number >= 0, got {self.blur}",
+        )
         for what in ("masks", "images"):
             self.source(what)  # an unknown source: CellsynthError now, not later
         return self
@@ -183,10 +202,20 @@ class CellOptions:
     border: str = option(
         "keep", choices=BORDER, help="Keep or drop cells touching the image border."
     )
+    min_cells: int | None = option(
+        None,
+        help="stylegan3 masks: a mask left with fewer cells (after --min-size and --border) is "
+        f"generated again from the seed's next latent, up to {MAX_DRAWS} times, keeping the "
+        "draw with the most cells (default 1: no empty images; 0: keep every first draw).",
+    )
 
     def check(self) -> CellOptions:
         normalise(self)
         require(self.min_size >= 0, f"--min-size must be >= 0, got {self.min_size}")
+        require(
+            self.min_cells is None or self.min_cells >= 0,
+            f"--min-cells must be >= 0, got {self.min_cells}",
+        )
         return self
 
 
@@ -333,6 +362,13 @@ class SynthOptions:
                 part.check()
             else:
                 normalise(part)
+        if self.sources.masks_kind == "stylegan3":
+            self.cells.min_cells = 1 if self.cells.min_cells is None else self.cells.min_cells
+        else:
+            require(
+                self.cells.min_cells is None,
+                "--min-cells applies to generated masks (--masks stylegan3:PATH) only",
+            )
         if self.sources.masks_kind == "simulate":
             from cellsynth.datasets.simulate import simulate_labels
 

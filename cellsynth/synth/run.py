@@ -40,10 +40,11 @@ def synth(
             are not used), or None.
         **kwargs: any option of :class:`SynthOptions` by its keyword, e.g. ``size`` (int or
             (h, w)), ``density``, ``mean_radius`` (the simulator's masks); ``trunc``,
-            ``class_idx``, ``noise_mode`` (StyleGAN3 sampling); ``threshold_method``,
+            ``class_idx``, ``noise_mode`` (StyleGAN3 sampling); ``dechecker``, ``margin`` (the
+            translators); ``threshold_method``,
             ``fg_thresh``, ``boundary_thresh``, ``marker_thresh``, ``smooth``, ``upscale``
             (decoding generated masks; the upscale resizes the generator's soft output before
-            decoding); ``min_size``, ``border`` (cell filters); ``channels``, ``bit_depth`` (the
+            decoding); ``min_size``, ``border``, ``min_cells`` (cell filters); ``channels``, ``bit_depth`` (the
             simulator's images); ``spots_count`` (0 = none), ``spots_fixed``, ``spots_spread``,
             ``spots_sigma``, ``spots_scale``, ``spots_matrix``, ``spots_intensity``,
             ``spots_intensity_mean``, ``spots_intensity_spread``, ``spots_psf_sigma``,
@@ -55,7 +56,9 @@ def synth(
             ``progress``.
 
     Returns:
-        summary dict: out, written, skipped, seconds, per-stage seconds, shard (and with
+        summary dict: out, written, skipped, seconds, per-stage seconds, shard, redrawn (seeds
+        whose generated mask had fewer than ``min_cells`` cells and was drawn again),
+        below_min_cells (of those, the ones no draw brought to ``min_cells``) (and with
         ``dask``: chunks, slots, who wrote how many samples, summed chunk seconds).
     """
     t_start = time.perf_counter()
@@ -83,11 +86,11 @@ def synth(
     cluster = dask_client(opts.run.dask) if opts.run.dask else contextlib.nullcontext()
     with cluster as client, open_output(out, run, seed_list, opts.run):
         if client is None:
-            records, anns, times, written = run_samples(plan, inputs, seed_list)
+            records, anns, times, written, counts = run_samples(plan, inputs, seed_list)
         else:
             from cellsynth.synth.cluster import run_samples_dask
 
-            records, anns, times, written, facts = run_samples_dask(
+            records, anns, times, written, counts, facts = run_samples_dask(
                 client, plan, inputs, seed_list, inputs.checkpoints
             )
         seed_index = {s: i for i, s in enumerate(seed_list)}
@@ -99,6 +102,7 @@ def synth(
         "seconds": time.perf_counter() - t_start,
         "stages": times,
         "shard": shard,
+        **counts,
     }
     if facts is not None:
         summary["dask"] = facts

@@ -6,6 +6,10 @@ Without a translator a sample is one task ("full"). With one, a sample is two ta
 after it, so the workers keep busy while the translator runs. A StyleGAN batch's numbers depend
 (in the last bits) on its other members, so GAN batches are fixed groups of the whole seed list
 and shards and resumed runs regenerate whole groups.
+
+Generated masks with fewer cells than ``--min-cells`` take the two-task route too: between the
+tasks, this process generates the seed's next latents one at a time (batches of one, so the
+result does not depend on the group) and decodes them until one has enough cells.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cellsynth.synth.sample import PARTIAL, TASKS, Plan, is_done, sample_name
+from cellsynth.synth.options import MAX_DRAWS
+from cellsynth.synth.sample import PARTIAL, TASKS, Plan, is_done, make_labels, sample_name
 
 STAGES = ("masks", "gan_masks", "gan_images", "images", "spots", "write")
 
@@ -106,6 +111,10 @@ class Scheduler:
         self.waiting: deque = deque()  # (seeds, "labels" jobs) waiting for the translator(s)
         self.writing: deque = deque()  # "full" / "finish" jobs
         self.max_pending = max(2, 2 * plan.options.run.workers)
+        gan = inputs.generator is not None
+        self.min_cells = (plan.options.cells.min_cells or 0) if gan else 0
+        # seeds whose mask came from a later latent; of those, the ones still below min_cells
+        self.counts = {"redrawn": 0, "below_min_cells": 0}
 
     def _add_times(self, times: dict) -> None:
         for k, v in times.items():
@@ -139,6 +148,37 @@ class Scheduler:
         self.times["gan_masks"] += time.perf_counter() - t0
         return raws
 
+    def _redraw(self, seed: int, got: tuple) -> tuple:
+        """``got`` (labels, spots, times) of ``seed``, or, when its labels have fewer than
+        ``min_cells`` cells, those of the seed's first later latent that has enough (the one
+        with the most cells, the earliest of equals, when none has)."""
+        cells = int(got[0].max(initial=0))
+        if cells >= self.min_cells:
+            return got
+        gen, opts = self.inputs.generator, self.plan.options
+        best, best_cells = got, cells
+        for draw in range(1, MAX_DRAWS + 1):
+            t0 = time.perf_counter()
+            x = gen.generate(
+                [seed],
+                trunc=opts.gan.trunc,
+                class_idx=opts.gan.class_idx,
+                noise_mode=opts.gan.noise_mode,
+                batch=1,
+                draws=[draw],
+            )
+            self.times["gan_masks"] += time.perf_counter() - t0
+            new = make_labels(self.plan, seed, gen.to_uint8(x)[0])
+            self._add_times(new[2])
+            n = int(new[0].max(initial=0))
+            if n > best_cells:
+                best, best_cells = new, n
+            if n >= self.min_cells:
+                break
+        self.counts["redrawn"] += 1
+        self.counts["below_min_cells"] += int(best_cells < self.min_cells)
+        return best[0], best[1], {}
+
     def _spot_images(self, chunk, labels, spots) -> list:
         """The spots model's images of the samples with puncta (None for the others)."""
         out = [None] * len(chunk)
@@ -160,16 +200,21 @@ class Scheduler:
         """Translate the oldest waiting batch and queue its "finish" tasks."""
         chunk, jobs = self.waiting.popleft()
         got = [j.get() for j in jobs]
-        labels = [g[0] for g in got]
-        spots = [g[1] for g in got]
         for g in got:
             self._add_times(g[2])
+        if self.min_cells:
+            got = [self._redraw(s, g) for s, g in zip(chunk, got)]
+        labels = [g[0] for g in got]
+        spots = [g[1] for g in got]
         t0 = time.perf_counter()
-        imgs = self.inputs.translator.translate_batch(
-            [(lab > 0).astype(np.uint8) for lab in labels], labels, seeds=chunk
-        )
+        tr = self.inputs.translator
+        imgs = [None] * len(chunk)  # no translator: "finish" renders the images
+        if tr is not None:
+            masks = [(lab > 0).astype(np.uint8) for lab in labels]
+            imgs = tr.translate_batch(masks, labels, seeds=chunk)
         spot_imgs = self._spot_images(chunk, labels, spots)
-        self.times["gan_images"] += time.perf_counter() - t0
+        if tr is not None or self.inputs.spot_translator is not None:
+            self.times["gan_images"] += time.perf_counter() - t0
         for s, lab, sp, im, si in zip(chunk, labels, spots, imgs, spot_imgs):
             self.writing.append(self.pool.submit("finish", (s, lab, sp, im, si)))
         self.drain(False)
@@ -179,7 +224,8 @@ class Scheduler:
         if not chunk:
             return
         raws = self._generate(group, done)
-        if self.inputs.translator is None:
+        translators = (self.inputs.translator, self.inputs.spot_translator)
+        if all(t is None for t in translators) and not self.min_cells:
             for s, r in zip(chunk, raws):
                 self.writing.append(self.pool.submit("full", (s, r)))
             while len(self.writing) > self.max_pending * self.plan.options.run.batch:
@@ -205,11 +251,11 @@ class Scheduler:
         self.drain(True)
 
 
-def run_samples(plan: Plan, inputs, seed_list: list[int]) -> tuple[list[dict], dict, dict, int]:
+def run_samples(plan: Plan, inputs, seed_list: list[int]) -> tuple:
     """Make (or, resuming, read back) the samples of this run.
 
     Returns (records in seed-list order, annotations by seed, seconds per stage, number
-    written).
+    written, counts: ``redrawn`` and ``below_min_cells`` of :class:`Scheduler`).
     """
     from tqdm import tqdm
 
@@ -235,4 +281,4 @@ def run_samples(plan: Plan, inputs, seed_list: list[int]) -> tuple[list[dict], d
         except OSError:
             pass
     records = [sched.records[s] for s in mine]
-    return records, sched.anns, sched.times, len(mine) - len(done)
+    return records, sched.anns, sched.times, len(mine) - len(done), sched.counts

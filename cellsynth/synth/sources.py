@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from cellsynth import models
 from cellsynth.atomic import file_sha256
 from cellsynth.errors import CellsynthError, require
+from cellsynth.pix2pixhd.options import DEFAULT_MARGIN
 from cellsynth.synth.options import SynthOptions, parse_source
 
 
@@ -70,16 +71,33 @@ def load_generator(path, device, fp32: bool = False):
     return gen
 
 
-def load_translator(path, device, what: str, dechecker: str = "auto"):
+def load_translator(
+    path,
+    device,
+    what: str,
+    dechecker: str = "auto",
+    margin: int = DEFAULT_MARGIN,
+    blur: float | None = None,
+):
     """A Pix2PixHD translator (checkpoint or run folder) that takes 2-class masks;
-    ``dechecker``: auto, on or off (see :mod:`cellsynth.pix2pixhd.checkerboard`)."""
+    ``dechecker``: auto, on or off (see :mod:`cellsynth.pix2pixhd.checkerboard`); ``margin``:
+    its mirrored context, px; ``blur``: the last smoothing's sigma (None: the file's)."""
     path = models.lookup(path, "pix2pixhd")
     missing = not path.exists() and (
         f"{path}: no such pix2pixhd checkpoint ({what}){models.hint('pix2pixhd')}; train one "
         "with `cellsynth pix2pixhd train` and give its latest.pt or run folder"
     )
     choice = {"auto": None, "on": True, "off": False}[dechecker]
-    tr = _load(_translator_class, "pix2pixhd translator", path, device, missing, dechecker=choice)
+    tr = _load(
+        _translator_class,
+        "pix2pixhd translator",
+        path,
+        device,
+        missing,
+        dechecker=choice,
+        margin=margin,
+        blur=blur,
+    )
     if tr.label_nc == 1:
         raise CellsynthError(
             f"{path}: the {what} model takes label_nc=1, but masks carry 2 classes "
@@ -95,6 +113,8 @@ def _translator_record(path, tr) -> dict:
         "path": path,
         "sha256": file_sha256(resolve_checkpoint(path)),
         "dechecker": tr.dechecker_period,  # what was done, not what was asked (auto resolved)
+        "margin": tr.margin,
+        "blur": tr.blur,
     }
 
 
@@ -133,7 +153,9 @@ def _spots_model(opts: SynthOptions, device, inputs: Inputs) -> None:
     spec = opts.spots.model
     kind, path = parse_source(spec, "spots-model")
     require(kind == "pix2pixhd", f"--spots-model {spec!r}: use pix2pixhd:PATH")
-    tr = load_translator(path, device, "spots", opts.sources.dechecker)
+    tr = load_translator(
+        path, device, "spots", opts.sources.dechecker, opts.sources.margin, opts.sources.blur
+    )
     if tr.output_nc != 1:
         raise CellsynthError(
             f"{path}: the spots model makes {tr.output_nc}-channel images; "
@@ -174,7 +196,9 @@ def open_inputs(opts: SynthOptions) -> Inputs:
         raise CellsynthError("--class needs --masks stylegan3:PATH")
     if src.images_kind == "pix2pixhd":
         path = src.source("images")[1]
-        tr = inputs.translator = load_translator(path, device, "images", src.dechecker)
+        tr = inputs.translator = load_translator(
+            path, device, "images", src.dechecker, src.margin, src.blur
+        )
         inputs.out_channels = tr.output_nc
         inputs.checkpoints["images"] = _translator_record(path, tr)
     if opts.spots.model is not None:

@@ -119,6 +119,50 @@ def test_export_records_the_truncation_psi_a_generator_samples_at(sources, tmp_p
         gen.generate([0], trunc=float("nan"))
 
 
+def test_export_records_the_blur_a_translator_applies(sources, tmp_path, capsys):
+    from cellsynth.pix2pixhd.translator import Translator, recorded_blur
+    from cellsynth.synth import synth
+
+    out = tmp_path / "t.pt"
+    args = ["models", "export", "--kind", "pix2pixhd", "--checkpoint", str(sources["p2p"])]
+    main([*args, "--out", str(out), "--blur", "0.7"])
+    capsys.readouterr()
+    assert torch.load(out, weights_only=True)["config"]["blur"] == 0.7
+    assert Translator.load(out).blur == 0.7 and Translator.load(out, blur=0).blur == 0.0
+    assert Translator.load(sources["p2p"]).blur == 0.0  # records none
+    lab = np.zeros((32, 32), np.uint16)
+    lab[4:14, 6:20], lab[18:30, 10:24] = 1, 2
+    tr = Translator.load(out, margin=0)
+    blurred = tr.translate(lab > 0, lab)
+    tr.blur = 0.0
+    sharp = tr.translate(lab > 0, lab)
+    # the blur smooths: less pixel-to-pixel variation, the same mean brightness
+    assert (
+        np.abs(np.diff(blurred.astype(float), axis=1)).mean()
+        < np.abs(np.diff(sharp.astype(float), axis=1)).mean()
+    )
+    assert abs(blurred.mean() - sharp.mean()) < 1.0
+    # synth applies the recorded blur unless told otherwise, and records which it used
+    kw = dict(masks="simulate", images=f"pix2pixhd:{out}", seeds="0", size=32, device="cpu")
+    synth(tmp_path / "a", **kw)
+    synth(tmp_path / "b", blur=0.0, **kw)
+    for name, sigma in (("a", 0.7), ("b", 0.0)):
+        man = json.loads((tmp_path / name / "manifest.json").read_text())
+        assert man["checkpoints"]["images"]["blur"] == sigma
+    with pytest.raises(CellsynthError, match="--blur"):
+        synth(tmp_path / "c", blur=-1.0, **kw)
+    assert not (tmp_path / "c").exists()
+    for extra in (["--blur", "-1"], ["--blur", "nan"], ["--blur", "inf"]):
+        _assert_export_refused([*args, *extra], tmp_path / "bad.pt", capsys, "--blur")
+    sg = ["models", "export", "--kind", "stylegan3", "--checkpoint", str(sources["snap"])]
+    _assert_export_refused([*sg, "--blur", "0.5"], tmp_path / "bad.pt", capsys, "pix2pixhd")
+    for value in (-0.5, float("nan"), "0.5", True):
+        with pytest.raises(CellsynthError, match="recorded blur"):
+            recorded_blur({"blur": value})
+    with pytest.raises(CellsynthError, match="blur"):
+        Translator.load(out, blur=-2)
+
+
 def test_export_records_decoder_thresholds_used_by_default(sources, tmp_path, capsys):
     from cellsynth.stylegan3.generate import MaskGenerator, recorded_decode
     from cellsynth.synth import synth

@@ -23,8 +23,9 @@ from cellsynth.pix2pixhd.networks import (
     build_generator,
     region_mean,
 )
-from cellsynth.pix2pixhd.options import Options
+from cellsynth.pix2pixhd.options import DEFAULT_MARGIN, Options
 from cellsynth.pix2pixhd.training_loop import Pix2PixHDModel, learning_rate, train
+from cellsynth.pix2pixhd.translator import check_margin
 from cellsynth.training.checkpoint import load_checkpoint
 
 TINY = dict(
@@ -486,13 +487,13 @@ def test_fp16_training_on_cuda(tmp_path, pairs):
 # ---- translator and clusters -----------------------------------------------------------------
 def test_translator(tmp_path, pairs):
     run = train(tiny_opt(tmp_path, pairs, niter=1, niter_decay=0))
-    tr = Translator.load(run)
+    tr = Translator.load(run, margin=0)
     assert (tr.label_nc, tr.output_nc, tr.size) == (2, 1, (32, 32))
     inst = make_instances(np.random.default_rng(9), 32)
     lab = (inst > 0).astype(np.uint8)
     a = tr.translate(lab, inst)
     assert a.shape == (32, 32) and a.dtype == np.uint8
-    assert np.array_equal(a, Translator.load(run / "latest.pt").translate(lab, inst))
+    assert np.array_equal(a, Translator.load(run / "latest.pt", margin=0).translate(lab, inst))
     # the same as running the generator by hand
     x = p2p_data.encode_input(
         torch.from_numpy(lab.astype(np.int64))[None],
@@ -501,7 +502,7 @@ def test_translator(tmp_path, pairs):
     )
     with torch.no_grad():
         y = tr.G(x)[0, 0].numpy()
-    raw = Translator.load(run, dechecker=False)
+    raw = Translator.load(run, dechecker=False, margin=0)
     assert raw.checkerboard_period == tr.checkerboard_period == 4 and tr.dechecker
     assert not raw.dechecker
     b = raw.translate(lab, inst)
@@ -524,6 +525,62 @@ def test_translator(tmp_path, pairs):
         Translator.load(tmp_path / "missing")
     with pytest.raises(CellsynthError, match="which_epoch"):
         Translator.load(run, which_epoch=5)
+
+
+def _by_hand(tr, lab, inst, margin, blur=0.0):
+    """The translator's image made by hand: mirror-pad by ``margin`` (then to a multiple of 8
+    at the far ends), run the generator, filter the checkerboard, blur, cut the map's place
+    out."""
+    h, w = lab.shape
+    pad = ((margin, margin + (-(h + 2 * margin)) % 8), (margin, margin + (-(w + 2 * margin)) % 8))
+    big_lab, big_inst = np.pad(lab, pad, mode="symmetric"), np.pad(inst, pad, mode="symmetric")
+    assert big_lab.shape[0] % 8 == 0 and big_lab.shape[1] % 8 == 0
+    x = p2p_data.encode_input(
+        torch.from_numpy(big_lab.astype(np.int64))[None],
+        torch.from_numpy(big_inst.astype(np.int64))[None],
+        tr.opt,
+    )
+    with torch.no_grad():
+        y = tr.G(x)[0, 0].numpy()[: h + 2 * margin, : w + 2 * margin]
+    level = remove_checkerboard(np.clip((y + 1) * 127.5, 0, None), tr.checkerboard_period)
+    if blur:
+        from scipy.ndimage import gaussian_filter
+
+        level = gaussian_filter(level, blur, mode="reflect")
+    return np.rint(np.clip(level, 0, 255)).astype(int)[margin : margin + h, margin : margin + w]
+
+
+def test_translator_margin(tmp_path, pairs):
+    run = train(tiny_opt(tmp_path, pairs, niter=1, niter_decay=0, n_downsample_global=3))
+    inst = make_instances(np.random.default_rng(4), 32)
+    lab = (inst > 0).astype(np.uint8)
+    tr = Translator.load(run)
+    assert tr.margin == DEFAULT_MARGIN > 0 and tr.checkerboard_period == 8
+    for margin, (h, w) in ((0, (32, 32)), (12, (32, 32)), (12, (29, 23)), (40, (29, 23))):
+        tr.margin = check_margin(margin)  # 40: more than the map, mirrored again
+        got = tr.translate(lab[:h, :w], inst[:h, :w])
+        assert got.shape == (h, w) and got.dtype == np.uint8
+        want = _by_hand(tr, lab[:h, :w], inst[:h, :w], margin)
+        assert np.abs(got.astype(int) - want).max() <= 1, (margin, h, w)
+    # the context changes the image near the edges more than in the middle
+    tr.margin = 0
+    a = tr.translate(lab, inst).astype(float)
+    tr.margin = 16
+    b = tr.translate(lab, inst).astype(float)
+    edge = np.ones((32, 32), bool)
+    edge[4:-4, 4:-4] = False
+    assert np.abs(a - b)[edge].mean() > np.abs(a - b)[~edge].mean()
+    for bad in (-1, 2.5, True, "8"):
+        with pytest.raises(CellsynthError, match="margin"):
+            Translator.load(run, margin=bad)
+    # the last smoothing: on the whole output (margin included), before the rounding
+    tr.margin, tr.blur = 12, 0.8
+    got = tr.translate(lab[:29, :23], inst[:29, :23])
+    want = _by_hand(tr, lab[:29, :23], inst[:29, :23], 12, blur=0.8)
+    assert np.abs(got.astype(int) - want).max() <= 1
+    for bad in (-0.1, float("nan"), float("inf"), True):
+        with pytest.raises(CellsynthError, match="blur"):
+            Translator.load(run, blur=bad)
 
 
 def test_kmeans_finds_separated_blobs():

@@ -318,7 +318,8 @@ def test_gan_sources(tmp_path, one_thread):
     g = _tiny_gan(tmp_path)
     p = _tiny_translator(tmp_path)
     out = tmp_path / "gan"
-    kw = dict(masks=f"stylegan3:{g}", images=f"pix2pixhd:{p}", batch=2, device="cpu")
+    # min_cells=0: every seed's first latent (drawing again: test_min_cells_draws_again)
+    kw = dict(masks=f"stylegan3:{g}", images=f"pix2pixhd:{p}", batch=2, device="cpu", min_cells=0)
     synth(out, seeds="0-2", **kw)
     gen, tr = MaskGenerator.load(g), Translator.load(p)
     # batches are fixed groups of the seed list: [0, 1], [2]
@@ -420,3 +421,87 @@ def test_gan_bad_input(tmp_path, one_thread):
     with pytest.raises(CellsynthError, match="stylegan3"):  # a pix2pixhd file as a generator
         synth(out, masks=f"stylegan3:{p3}", seeds="0")
     assert not out.exists()
+
+
+def test_margin_is_recorded_and_used(tmp_path, one_thread):
+    from cellsynth.pix2pixhd.translator import Translator
+
+    g, p = _tiny_gan(tmp_path), _tiny_translator(tmp_path)
+    kw = dict(masks=f"stylegan3:{g}", images=f"pix2pixhd:{p}", device="cpu", seeds="0")
+    for margin in (0, 8):
+        out = tmp_path / f"m{margin}"
+        synth(out, margin=margin, min_cells=0, **kw)
+        man = json.loads((out / "manifest.json").read_text())
+        assert man["options"]["margin"] == man["checkpoints"]["images"]["margin"] == margin
+        lab = read_labels(out / "masks" / "seed000000.tif")
+        want = Translator.load(p, margin=margin).translate((lab > 0).astype(np.uint8), lab, 0)
+        assert np.array_equal(read_image(out / "images" / "seed000000.tif"), want)
+    a, b = (read_image(tmp_path / f"m{m}" / "images" / "seed000000.tif") for m in (0, 8))
+    assert not np.array_equal(a, b)
+    with pytest.raises(CellsynthError, match="--margin"):
+        synth(tmp_path / "bad", margin=-1, **kw)
+    assert not (tmp_path / "bad").exists()
+
+
+def _cells_by_draw(gen, seed, draws, min_size=0):
+    """Cells of the seed's decoded, filtered masks for each draw (fp32, one seed a batch)."""
+    from cellsynth.tools.codec import decode_mask
+
+    out = []
+    for d in draws:
+        raw = gen.to_uint8(gen.generate([seed], draws=[d], batch=1))[0]
+        out.append(filter_cells(decode_mask(raw, "fbd"), min_size))
+    return out
+
+
+def test_min_cells_draws_again(tmp_path, one_thread):
+    from cellsynth.stylegan3.generate import MaskGenerator, latent
+    from cellsynth.synth.options import MAX_DRAWS
+
+    g = _tiny_gan(tmp_path)
+    gen = MaskGenerator.load(g, fp32=True)
+    # the draws: 0 is the users' habit, k > 0 its own stream; generate(draws=) takes them
+    assert np.array_equal(latent(5, 16), np.random.RandomState(5).randn(16))
+    assert np.array_equal(latent(5, 16, 2), np.random.RandomState([5, 2]).randn(16))
+    assert not np.allclose(latent(5, 16, 1), latent(5, 16, 2))
+    assert np.array_equal(gen.generate([1, 2], draws=[0, 0]), gen.generate([1, 2]))
+    assert not np.array_equal(gen.generate([1], draws=[1]), gen.generate([1]))
+    with pytest.raises(CellsynthError, match="draws"):
+        gen.generate([1, 2], draws=[0])
+    with pytest.raises(CellsynthError, match="draw"):
+        latent(1, 16, -1)
+    kw = dict(masks=f"stylegan3:{g}", device="cpu", fp32=True, batch=1, min_size=6)
+    # a seed whose first mask has fewer cells than the most any of its draws has
+    seed, labs = next(
+        (s, labs)
+        for s in range(8)
+        for labs in [_cells_by_draw(gen, s, range(MAX_DRAWS + 1), 6)]
+        if labs[0].max() < max(lab.max() for lab in labs)
+    )
+    cells = [int(lab.max()) for lab in labs]
+    need = max(cells)
+    first = next(k for k, c in enumerate(cells) if c >= need)
+    out = tmp_path / "mc"
+    summary = synth(out, seeds=str(seed), min_cells=need, **kw)
+    assert np.array_equal(read_labels(out / "masks" / f"seed{seed:06d}.tif"), labs[first])
+    assert (summary["redrawn"], summary["below_min_cells"]) == (1, 0)
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["options"]["min_cells"] == need and man["samples"][0]["cells"] == need
+    # none reaches it: the draw with the most cells (the earliest of equals) is kept
+    out2 = tmp_path / "short"
+    summary = synth(out2, seeds=str(seed), min_cells=need + 1, **kw)
+    assert np.array_equal(read_labels(out2 / "masks" / f"seed{seed:06d}.tif"), labs[first])
+    assert (summary["redrawn"], summary["below_min_cells"]) == (1, 1)
+    # 0 keeps the first draw; the default for generated masks is 1
+    out3 = tmp_path / "zero"
+    assert synth(out3, seeds=str(seed), min_cells=0, **kw)["redrawn"] == 0
+    assert np.array_equal(read_labels(out3 / "masks" / f"seed{seed:06d}.tif"), labs[0])
+    out4 = tmp_path / "default"
+    synth(out4, seeds="0", **kw)
+    assert json.loads((out4 / "manifest.json").read_text())["options"]["min_cells"] == 1
+    # other mask sources have no latents to draw again
+    with pytest.raises(CellsynthError, match="--min-cells"):
+        synth(tmp_path / "sim", seeds="0", size=32, min_cells=1)
+    with pytest.raises(CellsynthError, match="--min-cells"):
+        synth(tmp_path / "neg", seeds="0", min_cells=-1, **kw)
+    assert not (tmp_path / "sim").exists() and not (tmp_path / "neg").exists()
