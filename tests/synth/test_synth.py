@@ -505,3 +505,22 @@ def test_min_cells_draws_again(tmp_path, one_thread):
     with pytest.raises(CellsynthError, match="--min-cells"):
         synth(tmp_path / "neg", seeds="0", min_cells=-1, **kw)
     assert not (tmp_path / "sim").exists() and not (tmp_path / "neg").exists()
+
+
+def test_spots_model_renders_the_puncta_without_a_translator(tmp_path, one_thread):
+    from cellsynth.pix2pixhd.translator import Translator
+    from cellsynth.tools.points import spots_mask
+
+    sp = _tiny_translator(tmp_path, name="spots")
+    kw = dict(seeds="0", size=32, spots_count=3, spots_mode="channel", device="cpu")
+    synth(tmp_path / "psf", **kw)  # simulated images, Gaussian puncta
+    synth(tmp_path / "model", spots_model=f"pix2pixhd:{sp}", **kw)
+    a, b = (read_image(tmp_path / d / "images" / "seed000000.tif") for d in ("psf", "model"))
+    assert a.shape == b.shape == (32, 32, 2)
+    assert np.array_equal(a[..., 0], b[..., 0])  # the same simulated cells
+    # the puncta channel is the spots model's image of the spot mask, not the Gaussian PSFs
+    spots = spots_from_csv((tmp_path / "model" / "spots" / "seed000000.csv").read_text())
+    assert spots.size and not np.array_equal(a[..., 1], b[..., 1])
+    m = spots_mask((32, 32), spots)
+    want = Translator.load(sp).translate((m > 0).astype(np.uint8), m, seed=0)
+    assert np.corrcoef(b[..., 1].ravel().astype(float), want.ravel().astype(float))[0, 1] > 0.99
