@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from pretrained_goals import (
     ROOT,
+    comma_list,
     label_tiles,
     near_duplicate_share,
     read_split,
@@ -73,14 +74,6 @@ def measure(path: Path, real, num: int, trunc: float, markers) -> list[dict]:
     return rows
 
 
-def number_list(text: str) -> list[float]:
-    """argparse type: comma-separated numbers ("0.7,0.8") -> floats; one usage line otherwise."""
-    try:
-        return [float(t) for t in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma list of numbers: {text!r}") from None
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir")
@@ -90,11 +83,14 @@ def main():
     ap.add_argument("--tile", type=int, default=128)
     ap.add_argument("--log", default=None, help="JSONL to append to (and to resume from)")
     ap.add_argument(
-        "--trunc", type=number_list, default=[1.0], help="truncation psi values, comma-separated"
+        "--trunc",
+        type=comma_list(float),
+        default=[1.0],
+        help="truncation psi values, comma-separated",
     )
     ap.add_argument(
         "--marker-thresh",
-        type=number_list,
+        type=comma_list(float),
         default=[None],
         help="decoder seed levels, comma-separated (default: the file's)",
     )

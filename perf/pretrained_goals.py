@@ -35,6 +35,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def comma_list(cast):
+    """An argparse type: comma-separated values ("0,32") -> ``cast`` of each; one usage line
+    for anything else."""
+
+    def parse(text: str) -> list:
+        try:
+            return [cast(t) for t in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a comma list of numbers: {text!r}") from None
+
+    return parse
+
+
 def read_split(root: Path, split: str):
     from cellsynth.datasets.canonical import CanonicalDataset
 
@@ -380,14 +393,14 @@ def main():
     )
     ap.add_argument(
         "--margin",
-        type=lambda t: [int(v) for v in t.split(",")],
+        type=comma_list(int),
         default=None,
         help="images: the translator's mirrored margins to measure, comma-separated (default: "
         "synth's)",
     )
     ap.add_argument(
         "--blur",
-        type=lambda t: [float(v) for v in t.split(",")],
+        type=comma_list(float),
         default=None,
         help="images: the translator's last smoothing (Gaussian sigma, px) to measure, "
         "comma-separated (default: the one the file records)",

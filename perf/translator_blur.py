@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-from pretrained_goals import ROOT, read_split
+from pretrained_goals import ROOT, comma_list, read_split
 
 TEXTURE_SIGMA = 1.5  # px: what counts as fine-grained texture
 ERODE = 2  # px taken off each nucleus's rim
@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=60, help="train images used")
     ap.add_argument(
         "--sigmas",
-        type=lambda t: [float(v) for v in t.split(",")],
+        type=comma_list(float),
         default=[0.0, 0.3, 0.4, 0.5, 0.6, 0.7],
     )
     args = ap.parse_args()
