@@ -205,8 +205,9 @@ class CellOptions:
     min_cells: int | None = option(
         None,
         help="stylegan3 masks: a mask left with fewer cells (after --min-size and --border) is "
-        f"generated again from the seed's next latent, up to {MAX_DRAWS} times, keeping the "
-        "draw with the most cells (default 1: no empty images; 0: keep every first draw).",
+        "generated again from the seed's next latents until one has enough (at most "
+        f"{MAX_DRAWS}; if none has, the draw with the most cells is kept). Default 1: no empty "
+        "images; 0: every seed's first latent.",
     )
 
     def check(self) -> CellOptions:
