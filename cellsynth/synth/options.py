@@ -95,7 +95,8 @@ class SourceOptions:
         None,
         help="pix2pixhd images and spots: Gaussian sigma (px) of a last smoothing of each image "
         "(default: what the translator file records: 0.5 for the shipped dsb2018-nuclei, chosen "
-        "on its training split; else 0).",
+        "on its training split; else 0). For test sets; for training data use 0 (segmenters "
+        "trained on blurred images scored no better on real ones).",
     )
     seeds: str = option("0-9", help="Seeds, e.g. 0-99,120.")
 
