@@ -48,6 +48,12 @@ def comma_list(cast):
     return parse
 
 
+def gray(img) -> np.ndarray:
+    """An image as float64 H x W (its first channel when it has several)."""
+    img = np.asarray(img, dtype=np.float64)
+    return img if img.ndim == 2 else img[..., 0]
+
+
 def read_split(root: Path, split: str):
     from cellsynth.datasets.canonical import CanonicalDataset
 
@@ -195,18 +201,13 @@ def per_class_figures(gen, test, fake, args) -> dict:
 
 def image_figures(args, train, test, variants) -> dict[str, dict]:
     """The image figures of each ``(key, dechecker, margin, blur)`` variant of the translator
-    (blur None: the file's); what
-    the real images give (the classical probe, the intensity distributions, the trained probes'
-    predictions) is computed once for all of them."""
+    (blur None: the file's); what the real images give (the classical probe, the intensity
+    distributions, the trained probes' predictions) is computed once for all of them."""
     from scipy.stats import wasserstein_distance
 
     from cellsynth.benchmark.segmenters import make_segmenter
     from cellsynth.benchmark.segmenters._fitting import pooled_ap50
     from cellsynth.pix2pixhd.translator import Translator
-
-    def gray(img):
-        img = np.asarray(img, dtype=np.float64)
-        return img if img.ndim == 2 else img[..., 0]
 
     def intensities(pairs):
         nuc, bg = [], []

@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-from pretrained_goals import ROOT, comma_list, read_split
+from pretrained_goals import ROOT, comma_list, gray, read_split
 
 TEXTURE_SIGMA = 1.5  # px: what counts as fine-grained texture
 ERODE = 2  # px taken off each nucleus's rim
@@ -34,8 +34,7 @@ def texture(image: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     region has fewer than MIN_PIXELS pixels."""
     from scipy import ndimage as ndi
 
-    x = np.asarray(image, np.float64)
-    x = x if x.ndim == 2 else x[..., 0]
+    x = gray(image)
     fine = x - ndi.gaussian_filter(x, TEXTURE_SIGMA)
     inside = ndi.binary_erosion(labels > 0, iterations=ERODE)
     far = ndi.distance_transform_edt(labels == 0) > FAR

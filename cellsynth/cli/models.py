@@ -124,7 +124,7 @@ def export(kind, checkpoint, out, fp32, trunc, blur, **thresholds):
     if blur is not None:
         if kind != "pix2pixhd":
             raise CellsynthError(f"--blur is for --kind pix2pixhd, not {kind}")
-        from cellsynth.pix2pixhd.translator import check_blur
+        from cellsynth.pix2pixhd.options import check_blur
 
         blur = check_blur(blur, "--blur")
     decode = {k: float(v) for k, v in thresholds.items() if v is not None}

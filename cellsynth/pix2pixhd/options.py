@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass, fields
 
 from cellsynth.errors import CellsynthError
@@ -18,6 +20,21 @@ GAN_MODES = ("lsgan", "vanilla", "hinge")
 NET_G = ("global", "local")
 # a Translator's mirrored context around each map, px (see Translator.translate_batch)
 DEFAULT_MARGIN = 32
+
+
+def check_blur(blur, where: str = "the translator's blur") -> float:
+    """A Gaussian sigma in pixels: a finite number >= 0 (CellsynthError naming ``where``)."""
+    ok = isinstance(blur, numbers.Real) and not isinstance(blur, bool)
+    if not ok or not math.isfinite(blur) or blur < 0:
+        raise CellsynthError(f"{where} must be a finite number >= 0 (px), not {blur!r}")
+    return float(blur)
+
+
+def check_margin(margin, where: str = "the translator's margin") -> int:
+    """A mirrored margin in pixels: a whole number >= 0 (CellsynthError naming ``where``)."""
+    if isinstance(margin, bool) or not isinstance(margin, numbers.Integral) or margin < 0:
+        raise CellsynthError(f"{where} must be a whole number >= 0, not {margin!r}")
+    return int(margin)
 
 
 @dataclass

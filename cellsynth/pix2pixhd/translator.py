@@ -25,18 +25,10 @@ from cellsynth.pix2pixhd.checkerboard import remove_checkerboard, upsamples_by_t
 from cellsynth.pix2pixhd.checkpoints import resolve_checkpoint
 from cellsynth.pix2pixhd.clusters import load_clusters, region_classes
 from cellsynth.pix2pixhd.networks import build_generator
-from cellsynth.pix2pixhd.options import DEFAULT_MARGIN, Options
+from cellsynth.pix2pixhd.options import DEFAULT_MARGIN, Options, check_blur, check_margin
 from cellsynth.training.checkpoint import load_checkpoint
 
 KIND = "pix2pixhd"
-
-
-def check_blur(blur, where: str = "the translator's blur") -> float:
-    """A Gaussian sigma in pixels: a finite number >= 0 (CellsynthError otherwise)."""
-    ok = isinstance(blur, int | float | np.floating) and not isinstance(blur, bool)
-    if not ok or not np.isfinite(blur) or blur < 0:
-        raise CellsynthError(f"{where} must be a finite number >= 0 (px), not {blur!r}")
-    return float(blur)
 
 
 def recorded_blur(config: dict) -> float:
@@ -44,13 +36,6 @@ def recorded_blur(config: dict) -> float:
     export --blur``), 0.0 when none."""
     value = config.get("blur")
     return 0.0 if value is None else check_blur(value, "the translator file's recorded blur")
-
-
-def check_margin(margin) -> int:
-    """A translator's mirrored margin in pixels: an int >= 0 (CellsynthError otherwise)."""
-    if isinstance(margin, bool) or not isinstance(margin, int | np.integer) or margin < 0:
-        raise CellsynthError(f"the translator's margin must be a whole number >= 0, not {margin!r}")
-    return int(margin)
 
 
 class Translator:

@@ -52,7 +52,14 @@ from cellsynth.synth.sample import (
     is_done,
     sample_name,
 )
-from cellsynth.synth.scheduler import STAGES, InlinePool, Scheduler, clear_partial, seed_groups
+from cellsynth.synth.scheduler import (
+    COUNTS,
+    STAGES,
+    InlinePool,
+    Scheduler,
+    clear_partial,
+    seed_groups,
+)
 
 # ---- the worker side ---------------------------------------------------------------------------
 RETRIES = 1  # a chunk that raised (a network filesystem's hiccup, ...) is run once more
@@ -227,7 +234,7 @@ def run_samples_dask(client, plan: Plan, inputs, seed_list: list[int], checkpoin
     records: dict[int, dict] = {}
     anns: dict[int, list] = {}
     times = dict.fromkeys(STAGES, 0.0)
-    counts = {"redrawn": 0, "below_min_cells": 0}
+    counts = dict.fromkeys(COUNTS, 0)
     facts = {
         "chunks": 0,
         "slots": n_slots(client),

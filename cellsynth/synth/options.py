@@ -21,7 +21,7 @@ from typing import ClassVar
 from cellsynth.cluster import parse_dask
 from cellsynth.errors import CellsynthError, require
 from cellsynth.options import keyword_map, normalise, option
-from cellsynth.pix2pixhd.options import DEFAULT_MARGIN
+from cellsynth.pix2pixhd.options import DEFAULT_MARGIN, check_blur, check_margin
 from cellsynth.tools.combine import MODES
 from cellsynth.tools.parse import parse_seeds, parse_size
 from cellsynth.tools.points import PREFIX as SPOTS_PREFIX
@@ -105,11 +105,9 @@ class SourceOptions:
         if not isinstance(self.seeds, str):  # an int or a list: stored as text
             self.seeds = ",".join(str(s) for s in seed_list)
         normalise(self)
-        require(self.margin >= 0, f"--margin must be >= 0, got {self.margin}")
-        require(
-            self.blur is None or 0 <= self.blur < float("inf"),
-            f"--blur must be a finite number >= 0, got {self.blur}",
-        )
+        self.margin = check_margin(self.margin, "--margin")
+        if self.blur is not None:
+            self.blur = check_blur(self.blur, "--blur")
         for what in ("masks", "images"):
             self.source(what)  # an unknown source: CellsynthError now, not later
         return self

@@ -24,6 +24,8 @@ from cellsynth.synth.options import MAX_DRAWS
 from cellsynth.synth.sample import PARTIAL, TASKS, Plan, is_done, make_labels, sample_name
 
 STAGES = ("masks", "gan_masks", "gan_images", "images", "spots", "write")
+# seeds whose generated mask came from a later latent; of those, the ones still below min_cells
+COUNTS = ("redrawn", "below_min_cells")
 
 # ---- pools: run a named task of :data:`TASKS` on a sample --------------------------------------
 _PLAN: Plan | None = None
@@ -113,8 +115,7 @@ class Scheduler:
         self.max_pending = max(2, 2 * plan.options.run.workers)
         gan = inputs.generator is not None
         self.min_cells = (plan.options.cells.min_cells or 0) if gan else 0
-        # seeds whose mask came from a later latent; of those, the ones still below min_cells
-        self.counts = {"redrawn": 0, "below_min_cells": 0}
+        self.counts = dict.fromkeys(COUNTS, 0)
 
     def _add_times(self, times: dict) -> None:
         for k, v in times.items():
@@ -131,22 +132,28 @@ class Scheduler:
             self.collect(self.writing.popleft().get())
             self.bar.update(1)
 
-    def _generate(self, group: list[int], done: set) -> list:
-        """The generator's soft masks of the group's seeds not yet done (None without GAN)."""
-        gen, opts = self.inputs.generator, self.plan.options
-        if gen is None:
-            return [None] * sum(s not in done for s in group)
+    def _soft_masks(self, seeds: list[int], batch: int, draws=None) -> np.ndarray:
+        """The generator's soft masks (uint8) of ``seeds`` at the run's sampling options."""
+        gen, gan = self.inputs.generator, self.plan.options.gan
         t0 = time.perf_counter()
         x = gen.generate(
-            group,
-            trunc=opts.gan.trunc,
-            class_idx=opts.gan.class_idx,
-            noise_mode=opts.gan.noise_mode,
-            batch=opts.run.batch,
+            seeds,
+            trunc=gan.trunc,
+            class_idx=gan.class_idx,
+            noise_mode=gan.noise_mode,
+            batch=batch,
+            draws=draws,
         )
-        raws = [r for s, r in zip(group, gen.to_uint8(x)) if s not in done]
+        raws = gen.to_uint8(x)
         self.times["gan_masks"] += time.perf_counter() - t0
         return raws
+
+    def _generate(self, group: list[int], done: set) -> list:
+        """The generator's soft masks of the group's seeds not yet done (None without GAN)."""
+        if self.inputs.generator is None:
+            return [None] * sum(s not in done for s in group)
+        raws = self._soft_masks(group, self.plan.options.run.batch)
+        return [r for s, r in zip(group, raws) if s not in done]
 
     def _redraw(self, seed: int, got: tuple) -> tuple:
         """``got`` (labels, spots, times) of ``seed``, or, when its labels have fewer than
@@ -155,20 +162,10 @@ class Scheduler:
         cells = int(got[0].max(initial=0))
         if cells >= self.min_cells:
             return got
-        gen, opts = self.inputs.generator, self.plan.options
         best, best_cells = got, cells
         for draw in range(1, MAX_DRAWS + 1):
-            t0 = time.perf_counter()
-            x = gen.generate(
-                [seed],
-                trunc=opts.gan.trunc,
-                class_idx=opts.gan.class_idx,
-                noise_mode=opts.gan.noise_mode,
-                batch=1,
-                draws=[draw],
-            )
-            self.times["gan_masks"] += time.perf_counter() - t0
-            new = make_labels(self.plan, seed, gen.to_uint8(x)[0])
+            raw = self._soft_masks([seed], 1, draws=[draw])[0]
+            new = make_labels(self.plan, seed, raw)
             self._add_times(new[2])
             n = int(new[0].max(initial=0))
             if n > best_cells:
