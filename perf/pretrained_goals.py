@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=2 python perf/pretrained_goals.py [--masks dsb2018-nuclei]
         [--images dsb2018-nuclei] [--num 1000] [--trunc PSI] [--marker-thresh LEVEL] [--data ../shared/data/dsb2018-fluo]
         [--skip-masks] [--skip-images] [--dechecker both|on|off] [--margin PX,...]
-        [--blur SIGMA,...] [--grid-dir DIR]
+        [--blur SIGMA,...] [--appearance auto|image|clusters] [--grid-dir DIR]
         [--probe-model NAME=DIR ...]
 
 Prints one JSON object. Masks: ``--num`` generated tiles decoded to instances against the real
@@ -13,7 +13,9 @@ resolution), with the same figures between the real train and test tiles as the 
 objects per tile, mean area, the fraction of nuclei touching another one, the share of
 near-duplicate pairs of tiles (diversity: foreground IoU > 0.5), and each normalised
 Wasserstein-1 morphology distance of the realism measure, with its ratio to the train-vs-test
-reference (goal <= 1.2). Images: every real test mask translated to an image; the fixed probe
+reference (goal <= 1.2). Images: every real test mask translated to an image (the i-th with
+seed i: a translator with encoded features draws each image's appearance from its training
+bank, never from the test image); the fixed probe
 (the classical segmenter with its default options) scores pooled AP@0.5 on the translated and
 on the real images of the same masks (goal >= 95 %); per-nucleus mean intensity and per-image
 background intensity as distributions against the real test images, with the real train images
@@ -199,6 +201,30 @@ def per_class_figures(gen, test, fake, args) -> dict:
     return out
 
 
+def intensities(pairs) -> tuple[np.ndarray, np.ndarray]:
+    """(every nucleus's mean intensity, every image's mean background intensity) of
+    (image, instance labels) pairs."""
+    nuc, bg = [], []
+    for img, lab in pairs:
+        img = gray(img)
+        ids = lab.ravel()
+        sums = np.bincount(ids, weights=img.ravel())
+        cnt = np.bincount(ids)
+        nuc += list(sums[1:][cnt[1:] > 0] / cnt[1:][cnt[1:] > 0])
+        if (lab == 0).any():
+            bg.append(float(img[lab == 0].mean()))
+    return np.asarray(nuc), np.asarray(bg)
+
+
+def translate_all(tr, truth) -> list[np.ndarray]:
+    """Each instance map translated, the i-th with seed i (a translator that draws encoded
+    features gets a different draw per image, as synth's seeds give it)."""
+    return [
+        tr.translate((lab > 0).astype(np.uint8), lab.astype(np.uint16), seed=i)
+        for i, lab in enumerate(truth)
+    ]
+
+
 def image_figures(args, train, test, variants) -> dict[str, dict]:
     """The image figures of each ``(key, dechecker, margin, blur)`` variant of the translator
     (blur None: the file's); what the real images give (the classical probe, the intensity
@@ -209,18 +235,6 @@ def image_figures(args, train, test, variants) -> dict[str, dict]:
     from cellsynth.benchmark.segmenters._fitting import pooled_ap50
     from cellsynth.pix2pixhd.translator import Translator
 
-    def intensities(pairs):
-        nuc, bg = [], []
-        for img, lab in pairs:
-            img = gray(img)
-            ids = lab.ravel()
-            sums = np.bincount(ids, weights=img.ravel())
-            cnt = np.bincount(ids)
-            nuc += list(sums[1:][cnt[1:] > 0] / cnt[1:][cnt[1:] > 0])
-            if (lab == 0).any():
-                bg.append(float(img[lab == 0].mean()))
-        return np.asarray(nuc), np.asarray(bg)
-
     probe = make_segmenter("classical")
     truth = [s.labels for s in test]
     real_images = [s.image for s in test]
@@ -228,16 +242,15 @@ def image_figures(args, train, test, variants) -> dict[str, dict]:
     n_real, b_real = intensities(zip(real_images, truth))
     n_tr, b_tr = intensities([(s.image, s.labels) for s in train])
     trained = [load_probe(spec, real_images) for spec in args.probe_model]
-    tr = Translator.load(args.images)
+    appearance = None if args.appearance == "auto" else args.appearance
+    tr = Translator.load(args.images, appearance=appearance)
     results = {}
     recorded = tr.blur
     for key, dechecker, margin, blur in variants:
         tr.dechecker, tr.margin = dechecker, margin
         tr.blur = recorded if blur is None else blur
         t0 = time.perf_counter()
-        synth = []
-        for lab in truth:
-            synth.append(tr.translate((lab > 0).astype(np.uint8), lab.astype(np.uint16), seed=0))
+        synth = translate_all(tr, truth)
         tr_s = time.perf_counter() - t0
         ap_synth = pooled_ap50(truth, [probe.predict(gray(im)) for im in synth])
         n_syn, b_syn = intensities(zip(synth, truth))
@@ -246,6 +259,7 @@ def image_figures(args, train, test, variants) -> dict[str, dict]:
             "dechecker": tr.dechecker_period,
             "margin": tr.margin,
             "blur": tr.blur,
+            "appearance": tr.appearance if tr.opt.use_features else None,
             "num_test_images": len(test),
             "translate_s": round(tr_s, 1),
             "probe": "classical (default options)",
@@ -405,6 +419,12 @@ def main():
         default=None,
         help="images: the translator's last smoothing (Gaussian sigma, px) to measure, "
         "comma-separated (default: the one the file records)",
+    )
+    ap.add_argument(
+        "--appearance",
+        choices=("auto", "image", "clusters"),
+        default="auto",
+        help="a translator with encoded features: how it draws them (synth --appearance)",
     )
     ap.add_argument("--skip-masks", action="store_true")
     ap.add_argument("--skip-images", action="store_true")

@@ -1,11 +1,12 @@
 """Choose a translator's last smoothing (``models export --blur``) on the TRAIN split.
 
-    OMP_NUM_THREADS=2 python perf/translator_blur.py [--images dsb2018-nuclei]
+    OMP_NUM_THREADS=2 python perf/translator_blur.py [--images dsb2018-nuclei] [--clusters NPZ]
         [--data ../shared/data/dsb2018-fluo] [--num 60] [--sigmas 0,0.3,0.4,0.5,0.6,0.7]
 
 The masks of ``--num`` train images (every k-th image, so all kinds of the split are there) are
-translated as ``synth`` does (checkerboard filter, mirrored margin), once per Gaussian sigma of
-the last smoothing. For each image and sigma the script measures the fine-grained texture: the
+translated as ``synth`` does (checkerboard filter, mirrored margin; the i-th image with seed i),
+once per Gaussian sigma of the last smoothing. For each image and sigma the script measures the
+fine-grained texture: the
 standard deviation of the image minus its own Gaussian blur (sigma 1.5 px), inside the nuclei
 (eroded by 2 px) and in the background (over 6 px from any nucleus), on the translated and on
 the real image of the same mask. It prints one JSON line per sigma, with the median over images
@@ -21,7 +22,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-from pretrained_goals import ROOT, comma_list, gray, read_split
+from pretrained_goals import ROOT, comma_list, gray, read_split, translate_all
 
 TEXTURE_SIGMA = 1.5  # px: what counts as fine-grained texture
 ERODE = 2  # px taken off each nucleus's rim
@@ -44,6 +45,7 @@ def texture(image: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", default="dsb2018-nuclei", help="translator (name or path)")
+    ap.add_argument("--clusters", default=None, help="its clusters file [its own or beside it]")
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/dsb2018-fluo"))
     ap.add_argument("--num", type=int, default=60, help="train images used")
     ap.add_argument(
@@ -59,7 +61,7 @@ def main() -> None:
     step = max(1, len(train) // max(1, args.num))
     samples = train[::step][: args.num]
     real = np.array([texture(s.image, s.labels) for s in samples])
-    tr = Translator.load(args.images, blur=0.0)
+    tr = Translator.load(args.images, blur=0.0, clusters=args.clusters)
     print(
         json.dumps(
             {
@@ -74,15 +76,8 @@ def main() -> None:
     rows = []
     for sigma in args.sigmas:
         tr.blur = sigma
-        syn = np.array(
-            [
-                texture(
-                    tr.translate((s.labels > 0).astype(np.uint8), s.labels.astype(np.uint16), 0),
-                    s.labels,
-                )
-                for s in samples
-            ]
-        )
+        made = translate_all(tr, [s.labels for s in samples])
+        syn = np.array([texture(img, s.labels) for img, s in zip(made, samples)])
         row = {"blur": sigma}
         for k, region in enumerate(("nucleus", "background")):
             ok = np.isfinite(real[:, k]) & np.isfinite(syn[:, k]) & (real[:, k] > 0)

@@ -389,8 +389,10 @@ def random_flrelu_cases(n, seed):
     return cases
 
 
-def tiny_translator(tmp_path, output_nc=1, label_nc=2, name="p"):
-    """An untrained tiny Pix2PixHD generator saved as a checkpoint the translator loads."""
+def tiny_translator(tmp_path, output_nc=1, label_nc=2, name="p", features=False):
+    """An untrained tiny Pix2PixHD generator saved as a checkpoint the translator loads; with
+    ``features``, an --instance_feat model carrying made-up clusters and a bank of 3 training
+    images (as ``models export`` writes them)."""
     import torch
 
     from cellsynth.pix2pixhd.networks import build_generator
@@ -404,13 +406,22 @@ def tiny_translator(tmp_path, output_nc=1, label_nc=2, name="p"):
         label_nc=label_nc,
         output_nc=output_nc,
         resize_or_crop="none",
+        instance_feat=features,
     ).check()
     torch.manual_seed(0)
     gen = build_generator(opt)
+    state = {"G": gen.state_dict()}
+    if features:  # image k: a background of level 3k and two cells of levels 3k + 1, 3k + 2
+        levels = torch.arange(9, dtype=torch.float32)
+        state["appearance"] = {
+            "class_0": torch.tensor([[0.0, 0.0, 0.0], [3.0, 3.0, 3.0]]),
+            "class_1": torch.tensor([[1.0, 1.0, 1.0], [5.0, 5.0, 5.0]]),
+            "bank_features": levels[:, None].repeat(1, 3),
+            "bank_classes": torch.tensor([0, 1, 1] * 3, dtype=torch.int32),
+            "bank_images": torch.arange(9, dtype=torch.int32) // 3,
+        }
     path = tmp_path / f"{name}.pt"
-    save_checkpoint(
-        path, {"G": gen.state_dict()}, "pix2pixhd", {"opt": opt.to_dict(), "size": [32, 32]}
-    )
+    save_checkpoint(path, state, "pix2pixhd", {"opt": opt.to_dict(), "size": [32, 32]})
     return path
 
 

@@ -111,12 +111,21 @@ def verify():
     help="pix2pixhd: the Gaussian sigma (px) its images get by default (recorded in the file; "
     "default: none recorded, i.e. 0).",
 )
-def export(kind, checkpoint, out, fp32, trunc, blur, **thresholds):
+@click.option(
+    "--clusters",
+    type=click.Path(),
+    default=None,
+    help="pix2pixhd with a feature encoder: the clusters file (with its feature bank) the "
+    "export carries [clusters.npz beside the checkpoint].",
+)
+def export(kind, checkpoint, out, fp32, trunc, blur, clusters, **thresholds):
     """Write a weights-only copy of a training checkpoint (generator only, fp16 storage).
 
     For a mask generator, --trunc and the thresholds record the settings it samples and decodes
     at when none are given; for a translator, --blur the smoothing its images get (chosen on the
-    training data; see the model card)."""
+    training data; see the model card). A translator trained with encoded features carries its
+    feature clusters and bank (`cellsynth pix2pixhd clusters`) and its encoder (for
+    fine-tuning) in the same file."""
     from cellsynth import models as registry
     from cellsynth.atomic import file_sha256
     from cellsynth.stylegan3.generate import is_threshold, is_trunc
@@ -142,12 +151,17 @@ def export(kind, checkpoint, out, fp32, trunc, blur, **thresholds):
         settings["decode"] = decode
     if blur is not None:
         settings["blur"] = blur
+    if clusters is not None and kind != "pix2pixhd":
+        raise CellsynthError(f"--clusters is for --kind pix2pixhd, not {kind}")
+    extra = None
     if kind == "pix2pixhd":
         from cellsynth.pix2pixhd.checkpoints import resolve_checkpoint
 
         checkpoint = resolve_checkpoint(checkpoint)
+        extra = _appearance_entry(checkpoint, clusters)
+    keep = EXPORT_KEEP[kind] + (("E",) if extra else ())  # a feature model keeps its encoder
     path = registry.export_weights(
-        checkpoint, out, EXPORT_KEEP[kind], kind, half=not fp32, settings=settings
+        checkpoint, out, keep, kind, half=not fp32, settings=settings, extra=extra
     )
     click.echo(
         json.dumps(
@@ -155,3 +169,29 @@ def export(kind, checkpoint, out, fp32, trunc, blur, **thresholds):
             indent=2,
         )
     )
+
+
+def _appearance_entry(checkpoint, clusters) -> dict | None:
+    """{"appearance": tensors} of a translator with a feature encoder (its clusters and bank,
+    from ``clusters`` or clusters.npz beside the checkpoint); None without an encoder."""
+    from pathlib import Path
+
+    import torch
+
+    from cellsynth.pix2pixhd.clusters import load_appearance
+    from cellsynth.pix2pixhd.options import Options
+    from cellsynth.training.checkpoint import load_checkpoint
+
+    opt = Options.from_dict(load_checkpoint(checkpoint, kind="pix2pixhd")["config"]["opt"])
+    if not opt.use_features:
+        if clusters is not None:
+            raise CellsynthError(f"--clusters: {checkpoint} has no feature encoder")
+        return None
+    path = Path(clusters) if clusters else Path(checkpoint).parent / "clusters.npz"
+    if not path.is_file():
+        raise CellsynthError(
+            f"{path}: no clusters file; this translator draws encoded features: run "
+            "`cellsynth pix2pixhd clusters` first or give --clusters"
+        )
+    arrays = load_appearance(path, opt.feat_num).arrays()
+    return {"appearance": {k: torch.from_numpy(v) for k, v in arrays.items()}}

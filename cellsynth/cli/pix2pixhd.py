@@ -58,7 +58,10 @@ _HELP = {
     "fp16": "mixed precision: fp16 AMP on CUDA, bf16 autocast on a CPU with native bf16",
     "continue_train": "resume from --which_epoch of this run",
     "load_pretrain": "start G from this generator (a checkpoint, run folder or shipped name; "
-    "D and the optimisers start fresh): fine-tuning",
+    "D and the optimisers start fresh): fine-tuning; a generator without feature inputs "
+    "starts an --instance_feat/--label_feat run with zero weights on the features",
+    "d_warmup": "first iterations of the run in which only D learns (G and E held fixed): "
+    "a fresh D learns to judge before a pretrained G follows it",
     "which_epoch": "latest or an epoch number",
     "display_freq": "iterations between image pages",
     "print_freq": "iterations between loss lines",
@@ -146,7 +149,8 @@ def test(**kwargs):
 @click.option("--out", default=None, help="output .npz [RUN/clusters.npz]")
 @click.option("--progress/--no-progress", default=True)
 def clusters(name, checkpoints_dir, **kwargs):
-    """Cluster the per-cell encoder features (after --instance_feat training)."""
+    """Cluster the per-cell encoder features (after --instance_feat training) and keep every
+    training image's features as the bank that `synth --appearance image` draws from."""
     from pathlib import Path
 
     from cellsynth.pix2pixhd.clusters import compute_clusters

@@ -289,6 +289,10 @@ def stage_finetune_images(demo: Demo) -> dict:
         progress=False,
     )
     run = train(opt)
+    if opt.use_features:  # the fine-tuned encoder's clusters and bank, from the same pairs
+        from cellsynth.pix2pixhd.clusters import compute_clusters
+
+        compute_clusters(run, dataroot=str(pairs), progress=False)
     after = Translator.load(run)
     from cellsynth.datasets.canonical import CanonicalDataset
 

@@ -203,12 +203,14 @@ def export_weights(
     kind: str,
     half: bool = True,
     settings: dict | None = None,
+    extra: dict | None = None,
 ) -> Path:
     """Write a weights-only copy of checkpoint ``src`` to ``dest``: only the ``keep`` entries
     (state dicts), plus its kind and config; floating tensors in fp16 when ``half`` (they load
     back into float32 modules unchanged apart from that rounding). ``settings`` are added to the
-    config (e.g. ``{"trunc": 0.8}``, the truncation psi a mask generator samples at by default).
-    Atomic; refuses to overwrite.
+    config (e.g. ``{"trunc": 0.8}``, the truncation psi a mask generator samples at by default);
+    ``extra`` entries (name -> {key: tensor}) are stored as they are, e.g. a translator's
+    ``appearance`` arrays. Atomic; refuses to overwrite.
     """
     import torch
 
@@ -226,6 +228,7 @@ def export_weights(
         return t.half() if half and torch.is_floating_point(t) else t
 
     state = {k: {n: small(t) for n, t in data[k].items()} for k in keep}
+    state.update(extra or {})
     origin = Path(src).name  # an export of an export keeps the chain: "a.pt <- latest.pt"
     if data["config"].get("exported_from"):
         origin = f"{origin} <- {data['config']['exported_from']}"

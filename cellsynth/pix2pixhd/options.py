@@ -93,6 +93,7 @@ class Options:
     # bookkeeping
     continue_train: bool = False
     load_pretrain: str | None = None  # a generator (checkpoint or shipped name) to start from
+    d_warmup: int = 0  # first iterations of a run in which only D learns (G and E held fixed)
     which_epoch: str = "latest"
     display_freq: int = 100
     print_freq: int = 100
@@ -132,12 +133,20 @@ class Options:
         return self.label_channels + (0 if self.no_instance else 1) + int(self.output_nc)
 
     @property
+    def generator_multiple(self) -> int:
+        """The generator's total downsampling: what a translation pads each map to (the
+        encoder does not run then)."""
+        return 2 ** (
+            self.n_downsample_global + (self.n_local_enhancers if self.netG == "local" else 0)
+        )
+
+    @property
     def size_multiple(self) -> int:
-        """Image sides must be multiples of this (the networks' total downsampling)."""
-        n = self.n_downsample_global + (self.n_local_enhancers if self.netG == "local" else 0)
+        """Training image sides must be multiples of this (the networks' total downsampling,
+        the encoder's included)."""
         if self.use_features:
-            n = max(n, self.n_downsample_E)
-        return 2**n
+            return max(self.generator_multiple, 2**self.n_downsample_E)
+        return self.generator_multiple
 
     @property
     def total_epochs(self) -> int:
@@ -187,6 +196,7 @@ class Options:
         need(self.n_local_enhancers >= 1, "--n_local_enhancers must be >= 1")
         need(self.niter_decay >= 0, "--niter_decay must be >= 0")
         need(self.n_clusters >= 1, "--n_clusters must be >= 1")
+        need(self.d_warmup >= 0, "--d_warmup must be >= 0")
         need(self.loadSize >= 1 and self.fineSize >= 1, "--loadSize/--fineSize must be >= 1")
         need(self.gpus >= 0, "--gpus must be >= 0")
         need(self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda")

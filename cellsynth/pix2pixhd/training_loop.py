@@ -177,8 +177,10 @@ class Pix2PixHDModel:
         feat = self.E(batch["image"], regions)
         return cond, torch.cat([cond, feat], dim=1)
 
-    def step(self, batch: dict) -> tuple[dict, torch.Tensor]:
-        """One G update then one D update; returns (loss values, fake images)."""
+    def step(self, batch: dict, update_g: bool = True) -> tuple[dict, torch.Tensor]:
+        """One G update then one D update; returns (loss values, fake images). With
+        ``update_g`` False (``--d_warmup``) the generator's losses are computed but G and E
+        keep their weights."""
         opt = self.opt
         amp = torch.autocast(
             self.device.type,
@@ -188,7 +190,7 @@ class Pix2PixHDModel:
         real = batch["image"]
         # generator (and encoder)
         self.D.requires_grad_(False)
-        with amp:
+        with amp, torch.set_grad_enabled(update_g):
             cond, g_in = self.generator_input(batch)
             fake = self.G(g_in)
             pred_fake = self.D(torch.cat([cond, fake], dim=1))
@@ -202,10 +204,11 @@ class Pix2PixHDModel:
             if self.vgg is not None:
                 loss_vgg = self.vgg(fake, real) * opt.lambda_feat
             loss_g = loss_gan + loss_feat + loss_vgg
-        self.optim_G.zero_grad(set_to_none=True)
-        self.scaler.scale(loss_g).backward()
-        dist_utils.all_reduce_grads(self.g_params())
-        self.scaler.step(self.optim_G)
+        if update_g:
+            self.optim_G.zero_grad(set_to_none=True)
+            self.scaler.scale(loss_g).backward()
+            dist_utils.all_reduce_grads(self.g_params())
+            self.scaler.step(self.optim_G)
         # discriminator
         self.D.requires_grad_(True)
         with amp:
@@ -265,22 +268,62 @@ def _precision_name(amp_dtype) -> str:
 
 def load_pretrained_G(opt: Options) -> dict:
     """The generator state of ``opt.load_pretrain`` (a checkpoint, a run folder or a shipped
-    name), checked against the generator ``opt`` builds (CellsynthError naming what differs)."""
+    name), checked against the generator ``opt`` builds (CellsynthError naming what differs);
+    widened for a feature run when the file's generator took no features."""
     path = resolve_checkpoint(opt.load_pretrain)
     state = load_checkpoint(path, kind=KIND).get("G")
     if not isinstance(state, dict):
         raise CellsynthError(f"--load_pretrain {opt.load_pretrain}: {path} holds no generator")
-    net = build_generator(opt)
+    return _fitted(opt, state, build_generator(opt), "generator")
+
+
+def load_pretrained_E(opt: Options) -> dict | None:
+    """The feature encoder state of ``opt.load_pretrain`` when this run has an encoder and the
+    file holds one (an export of a feature model keeps it, so a fine-tune goes on with the
+    features its generator learned); None otherwise (the encoder starts fresh)."""
+    if not opt.use_features:
+        return None
+    state = load_checkpoint(resolve_checkpoint(opt.load_pretrain), kind=KIND).get("E")
+    return _fitted(opt, state, build_encoder(opt), "feature encoder") if state else None
+
+
+def _fitted(opt: Options, state: dict, net: torch.nn.Module, what: str) -> dict:
+    """``state`` in ``net``'s dtypes (a generator widened for features where it needs it),
+    loaded into ``net`` as a check: CellsynthError naming what differs."""
     own = net.state_dict()
     state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+    if opt.use_features and what == "generator":
+        state = widen_for_features(state, own, opt.feat_num)
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
         raise CellsynthError(
-            f"--load_pretrain {opt.load_pretrain}: the generator does not fit these options "
+            f"--load_pretrain {opt.load_pretrain}: the {what} does not fit these options "
             f"({str(exc).splitlines()[0]}); use the options it was trained with"
         ) from None
     return state
+
+
+def widen_for_features(state: dict, own: dict, feat_num: int) -> dict:
+    """A generator trained without encoded features, made to take ``feat_num`` more input
+    channels: every convolution that reads the generator input (the input is the label
+    encoding with the features appended, :meth:`Pix2PixHDModel.generator_input`) gets zero
+    weights for the new channels, so the widened generator makes exactly what it made until
+    fine-tuning teaches it to use them. Tensors that already fit are returned as they are."""
+    out = dict(state)
+    for key, value in state.items():
+        target = own.get(key)
+        if (
+            target is not None
+            and value.ndim == 4
+            and target.ndim == 4
+            and target.shape[1] == value.shape[1] + feat_num
+            and target.shape[0] == value.shape[0]
+            and target.shape[2:] == value.shape[2:]
+        ):
+            zeros = value.new_zeros((value.shape[0], feat_num, *value.shape[2:]))
+            out[key] = torch.cat([value, zeros], dim=1)
+    return out
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
@@ -309,8 +352,9 @@ def train(opt: Options) -> Path:
             f"{run_dir} already has checkpoints; pass --continue_train to resume it or choose "
             "another --name"
         )
-    if opt.load_pretrain:
-        load_pretrained_G(opt)  # fail early on a missing or mismatched generator
+    if opt.load_pretrain:  # fail early on a missing or mismatched generator or encoder
+        load_pretrained_G(opt)
+        load_pretrained_E(opt)
     # fail early (before spawning) on a missing VGG file or an unreadable first sample
     if not opt.no_vgg_loss:
         VGGLoss.load(opt.vgg_weights)
@@ -348,6 +392,9 @@ def _worker(rank: int, world: int, opt_dict: dict, run_dir: str) -> None:
     start_epoch, start_iter, total_iters = 1, 0, 0
     if opt.load_pretrain:
         model.G.load_state_dict(load_pretrained_G(opt))
+        encoder = load_pretrained_E(opt)
+        if encoder is not None:
+            model.E.load_state_dict(encoder)
     if opt.continue_train:
         path = checkpoint_path(run_dir, opt.which_epoch)
         ckpt = load_checkpoint(path, kind=KIND)
@@ -400,7 +447,7 @@ def _worker(rank: int, world: int, opt_dict: dict, run_dir: str) -> None:
             chosen = order[start : start + opt.batchSize]
             batch = p2p_data.load_batch(dataset, chosen, opt, epoch, True)
             on_dev = {k: v.to(device) for k, v in batch.items() if k != "names"}
-            losses, fake = model.step(on_dev)
+            losses, fake = model.step(on_dev, update_g=total_iters >= opt.d_warmup)
             total_iters += 1
             if not all(np.isfinite(v) for v in losses.values()):
                 raise CellsynthError(f"training diverged at iteration {total_iters}: {losses}")

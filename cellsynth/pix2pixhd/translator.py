@@ -3,11 +3,12 @@
     tr = Translator.load("checkpoints/NAME")          # or a .pt checkpoint
     image = tr.translate(semantic_labels, instance_ids, seed=3)   # H x W (x C) uint8
 
-Deterministic: the same inputs (and seed, when the model draws per-cell features from its
-k-means clusters) give the same image. The transposed convolutions' checkerboard is removed from
-each image unless ``dechecker=False`` (:mod:`cellsynth.pix2pixhd.checkerboard`); a ``blur``
-(Gaussian sigma, px; the one the file records by default) smooths what is left of the network's
-fine-grained texture, the last step before the uint8 rounding.
+Deterministic: the same inputs (and seed, when the model draws per-cell features: from its
+k-means clusters, or from one training image of its feature bank) give the same image. The
+transposed convolutions' checkerboard is removed from each image unless ``dechecker=False``
+(:mod:`cellsynth.pix2pixhd.checkerboard`); a ``blur`` (Gaussian sigma, px; the one the file
+records by default) smooths what is left of the network's fine-grained texture, the last step
+before the uint8 rounding.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from cellsynth.errors import CellsynthError
 from cellsynth.pix2pixhd import data as p2p_data
 from cellsynth.pix2pixhd.checkerboard import remove_checkerboard, upsamples_by_transposed_convs
 from cellsynth.pix2pixhd.checkpoints import resolve_checkpoint
-from cellsynth.pix2pixhd.clusters import load_clusters, region_classes
+from cellsynth.pix2pixhd.clusters import APPEARANCE, Appearance, load_appearance, region_classes
 from cellsynth.pix2pixhd.networks import build_generator
 from cellsynth.pix2pixhd.options import DEFAULT_MARGIN, Options, check_blur, check_margin
 from cellsynth.training.checkpoint import load_checkpoint
@@ -46,17 +47,38 @@ class Translator:
         opt: Options,
         generator: torch.nn.Module,
         size: tuple[int, int],
-        clusters: dict[int, np.ndarray] | None = None,
+        clusters: dict[int, np.ndarray] | Appearance | None = None,
         device: str | torch.device = "cpu",
         dechecker: bool | None = None,
         margin: int = DEFAULT_MARGIN,
         blur: float = 0.0,
+        appearance: str | None = None,
     ):
         self.opt = opt
         self.device = torch.device(device)
         self.G = generator.to(self.device).eval().requires_grad_(False)
         self.size = tuple(int(s) for s in size)
+        if clusters is not None and not isinstance(clusters, Appearance):
+            clusters = Appearance(dict(clusters))
         self.clusters = clusters
+        # how a feature model draws its features (clusters.py): "image" when it has a bank
+        if appearance is not None and not opt.use_features:
+            raise CellsynthError(
+                f"appearance {appearance!r}: this model has no feature encoder (it draws no "
+                "features)"
+            )
+        if appearance is None:
+            appearance = "image" if clusters is not None and clusters.has_bank else "clusters"
+        if appearance not in APPEARANCE:
+            raise CellsynthError(
+                f"unknown appearance {appearance!r}; use one of {', '.join(APPEARANCE)}"
+            )
+        if appearance == "image" and clusters is not None and not clusters.has_bank:
+            raise CellsynthError(
+                "appearance 'image' needs the feature bank of the training images; run "
+                "`cellsynth pix2pixhd clusters` again (older clusters files hold only centres)"
+            )
+        self.appearance = appearance
         # checkerboard.py: the period of the transposed convolutions' pattern (0: none)
         n = upsamples_by_transposed_convs(self.G)
         self.checkerboard_period = 2**n if n else 0
@@ -79,11 +101,15 @@ class Translator:
         dechecker: bool | None = None,
         margin: int = DEFAULT_MARGIN,
         blur: float | None = None,
+        appearance: str | None = None,
     ) -> Translator:
         """Load from a .pt checkpoint or a run folder (``latest.pt`` or ``epoch_N.pt``).
 
-        Feature clusters (models with an encoder) come from ``clusters`` or ``clusters.npz``
-        beside the checkpoint. ``dechecker``: remove the transposed convolutions' checkerboard
+        Feature clusters and the bank (models with an encoder) come from ``clusters``, else
+        from the weights file itself (``models export`` puts them there), else from
+        ``clusters.npz`` beside the checkpoint; ``appearance`` how regions draw their features
+        (:data:`~cellsynth.pix2pixhd.clusters.APPEARANCE`; None: ``image`` when there is a
+        bank). ``dechecker``: remove the transposed convolutions' checkerboard
         from every image (:mod:`cellsynth.pix2pixhd.checkerboard`); None: when the generator
         has them (every Pix2PixHD generator here does). ``margin``: pixels of mirrored context
         translated around each map and cut off again (see :meth:`translate_batch`). ``blur``:
@@ -105,11 +131,15 @@ class Translator:
         table = None
         if opt.use_features:
             cpath = Path(clusters) if clusters else ckpt_path.parent / "clusters.npz"
-            if cpath.is_file() or clusters:
-                table = load_clusters(cpath, opt.feat_num)
+            if clusters:
+                table = load_appearance(cpath, opt.feat_num)
+            elif isinstance(ckpt.get("appearance"), dict):
+                table = Appearance.from_arrays(ckpt["appearance"], opt.feat_num, ckpt_path)
+            elif cpath.is_file():
+                table = load_appearance(cpath, opt.feat_num)
         size = config.get("size") or [opt.fineSize, opt.fineSize]
         blur = recorded_blur(config) if blur is None else blur
-        return cls(opt, generator, size, table, device, dechecker, margin, blur)
+        return cls(opt, generator, size, table, device, dechecker, margin, blur, appearance)
 
     @property
     def dechecker_period(self) -> int:
@@ -158,19 +188,17 @@ class Translator:
         return labels.astype(np.int64), instances.astype(np.int64)
 
     def _features(self, labels: np.ndarray, instances: np.ndarray, seed: int) -> np.ndarray:
-        """feat_num x H x W map: each region gets a cluster centre of its class, drawn with
-        ``seed`` (regions in increasing id order)."""
+        """feat_num x H x W map: each region (in increasing id order) gets the vector
+        :meth:`Appearance.draw` gives it with ``seed``: a cluster centre of its class, or a
+        region of its class in one training image drawn for the whole map."""
         regions = instances if self.opt.instance_feat else labels
         rng = np.random.default_rng(int(seed))
-        feat = np.zeros((self.opt.feat_num, *labels.shape), np.float32)
-        ids, inverse, classes = region_classes(regions, labels)
-        for k, (_rid, cls_id) in enumerate(zip(ids, classes)):
-            centres = self.clusters.get(int(cls_id))
-            if centres is None or len(centres) == 0:
-                continue
-            centre = centres[int(rng.integers(len(centres)))]
-            feat[:, inverse == k] = centre[:, None]
-        return feat
+        _ids, inverse, classes = region_classes(regions, labels)
+        table = np.zeros((len(classes), self.opt.feat_num), np.float32)
+        for k, vector in enumerate(self.clusters.draw(classes, rng, self.appearance)):
+            if vector is not None:
+                table[k] = vector
+        return np.ascontiguousarray(np.moveaxis(table[inverse], -1, 0))
 
     @torch.no_grad()
     def translate_batch(self, labels_list, instances_list=None, seeds=None) -> list[np.ndarray]:
@@ -206,7 +234,7 @@ class Translator:
 
     def _translate_one(self, labels: np.ndarray, instances: np.ndarray, seed: int) -> np.ndarray:
         h, w = labels.shape
-        m, base = self.margin, self.opt.size_multiple
+        m, base = self.margin, self.opt.generator_multiple
         ph, pw = (-(h + 2 * m)) % base, (-(w + 2 * m)) % base
         feat = self._features(labels, instances, seed) if self.opt.use_features else None
         if m or ph or pw:

@@ -21,6 +21,7 @@ from typing import ClassVar
 from cellsynth.cluster import parse_dask
 from cellsynth.errors import CellsynthError, require
 from cellsynth.options import keyword_map, normalise, option
+from cellsynth.pix2pixhd.clusters import APPEARANCE
 from cellsynth.pix2pixhd.options import DEFAULT_MARGIN, check_blur, check_margin
 from cellsynth.tools.combine import MODES
 from cellsynth.tools.parse import parse_seeds, parse_size
@@ -97,6 +98,14 @@ class SourceOptions:
         "(default: what the translator file records: 0.5 for the shipped dsb2018-nuclei, chosen "
         "on its training split; else 0). For test sets; for training data use 0 (segmenters "
         "trained on blurred images scored no better on real ones).",
+    )
+    appearance: str = option(
+        "auto",
+        choices=("auto", *APPEARANCE),
+        help="pix2pixhd models with a feature encoder: image (each image takes the stain and "
+        "exposure of one training image, its background and its cells together) or clusters "
+        "(each cell a k-means centre of its own, as the original Pix2PixHD); auto: image when "
+        "the model carries its feature bank.",
     )
     seeds: str = option("0-9", help="Seeds, e.g. 0-99,120.")
 

@@ -78,10 +78,13 @@ def load_translator(
     dechecker: str = "auto",
     margin: int = DEFAULT_MARGIN,
     blur: float | None = None,
+    appearance: str = "auto",
 ):
     """A Pix2PixHD translator (checkpoint or run folder) that takes 2-class masks;
     ``dechecker``: auto, on or off (see :mod:`cellsynth.pix2pixhd.checkerboard`); ``margin``:
-    its mirrored context, px; ``blur``: the last smoothing's sigma (None: the file's)."""
+    its mirrored context, px; ``blur``: the last smoothing's sigma (None: the file's);
+    ``appearance``: how a model with a feature encoder draws its features (auto, image or
+    clusters; see :mod:`cellsynth.pix2pixhd.clusters`)."""
     path = models.lookup(path, "pix2pixhd")
     missing = not path.exists() and (
         f"{path}: no such pix2pixhd checkpoint ({what}){models.hint('pix2pixhd')}; train one "
@@ -97,6 +100,7 @@ def load_translator(
         dechecker=choice,
         margin=margin,
         blur=blur,
+        appearance=None if appearance == "auto" else appearance,
     )
     if tr.label_nc == 1:
         raise CellsynthError(
@@ -115,6 +119,7 @@ def _translator_record(path, tr) -> dict:
         "dechecker": tr.dechecker_period,  # what was done, not what was asked (auto resolved)
         "margin": tr.margin,
         "blur": tr.blur,
+        "appearance": tr.appearance if tr.opt.use_features else None,
     }
 
 
@@ -153,9 +158,8 @@ def _spots_model(opts: SynthOptions, device, inputs: Inputs) -> None:
     spec = opts.spots.model
     kind, path = parse_source(spec, "spots-model")
     require(kind == "pix2pixhd", f"--spots-model {spec!r}: use pix2pixhd:PATH")
-    tr = load_translator(
-        path, device, "spots", opts.sources.dechecker, opts.sources.margin, opts.sources.blur
-    )
+    src = opts.sources
+    tr = load_translator(path, device, "spots", src.dechecker, src.margin, src.blur, src.appearance)
     if tr.output_nc != 1:
         raise CellsynthError(
             f"{path}: the spots model makes {tr.output_nc}-channel images; "
@@ -197,7 +201,7 @@ def open_inputs(opts: SynthOptions) -> Inputs:
     if src.images_kind == "pix2pixhd":
         path = src.source("images")[1]
         tr = inputs.translator = load_translator(
-            path, device, "images", src.dechecker, src.margin, src.blur
+            path, device, "images", src.dechecker, src.margin, src.blur, src.appearance
         )
         inputs.out_channels = tr.output_nc
         inputs.checkpoints["images"] = _translator_record(path, tr)

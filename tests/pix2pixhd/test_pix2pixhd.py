@@ -15,7 +15,7 @@ from cellsynth.errors import CellsynthError
 from cellsynth.pix2pixhd import Translator
 from cellsynth.pix2pixhd import data as p2p_data
 from cellsynth.pix2pixhd.checkerboard import remove_checkerboard
-from cellsynth.pix2pixhd.clusters import kmeans, load_clusters, region_classes
+from cellsynth.pix2pixhd.clusters import kmeans, load_appearance, load_clusters, region_classes
 from cellsynth.pix2pixhd.losses import GANLoss, VGGLoss, feature_matching_loss, vgg19_features
 from cellsynth.pix2pixhd.networks import (
     MultiscaleDiscriminator,
@@ -441,6 +441,67 @@ def test_load_pretrain_fine_tunes_a_weights_only_generator(tmp_path, pairs):
         train(tiny_opt(tmp_path, pairs, name="x", load_pretrain=str(tmp_path / "nope.pt")))
 
 
+def test_load_pretrain_widens_a_generator_for_features(tmp_path, pairs):
+    """A generator trained without features starts an --instance_feat run: zero weights on the
+    feature channels, so it makes exactly what it made whatever the features say; --d_warmup
+    keeps G and E fixed while D learns."""
+    from cellsynth.models import export_weights
+    from cellsynth.pix2pixhd.training_loop import load_pretrained_G, resolve_data
+
+    first = train(tiny_opt(tmp_path, pairs, name="first", niter=1, niter_decay=0, max_iters=2))
+    weights = export_weights(first / "latest.pt", tmp_path / "g.pt", ("G",), "pix2pixhd")
+    plain = resolve_data(tiny_opt(tmp_path, pairs, name="first"))[0]
+    feat_opt = resolve_data(
+        tiny_opt(
+            tmp_path,
+            pairs,
+            name="ft",
+            instance_feat=True,
+            load_pretrain=str(weights),
+            n_downsample_E=3,  # training sides: multiples of 8; the generator's: of 4
+        )
+    )[0]
+    assert (feat_opt.size_multiple, feat_opt.generator_multiple) == (8, 4)
+    old_g, new_g = build_generator(plain), build_generator(feat_opt)
+    old_g.load_state_dict(load_checkpoint(weights)["G"])
+    new_g.load_state_dict(load_pretrained_G(feat_opt))
+    widened = [k for k, v in new_g.state_dict().items() if v.shape != old_g.state_dict()[k].shape]
+    assert widened and all(new_g.state_dict()[k].shape[1] == 3 + 3 for k in widened)
+    for k in widened:
+        assert torch.count_nonzero(new_g.state_dict()[k][:, 3:]) == 0
+    label = torch.randint(0, 2, (1, 32, 32))
+    inst = torch.from_numpy(make_instances(np.random.default_rng(1)).astype(np.int64))[None]
+    x = p2p_data.encode_input(label, inst, plain)
+    with torch.no_grad():
+        want = old_g(x)
+        for scale in (0.0, 5.0):
+            got = new_g(torch.cat([x, scale * torch.randn(1, 3, 32, 32)], dim=1))
+            assert torch.allclose(got, want, atol=1e-6)
+    # d_warmup: the first 2 iterations change D only; the third moves G (and E) too
+    ft = train(feat_opt.replace(d_warmup=2, niter=1, niter_decay=0, max_iters=2, seed=3))
+    held = load_checkpoint(ft / "latest.pt")
+    start = load_pretrained_G(feat_opt)
+    assert all(torch.equal(held["G"][k], v.float()) for k, v in start.items())
+    assert held["E"] and held["D"]
+    # translating, the widened model pads to its generator's multiple, not the encoder's: a
+    # 36 x 36 map comes out as the plain generator makes it, whatever features it draws
+    from cellsynth.pix2pixhd.clusters import compute_clusters
+
+    compute_clusters(ft, progress=False)
+    inst36 = make_instances(np.random.default_rng(2), 36)
+    lab36 = (inst36 > 0).astype(np.uint8)
+    a, b = Translator.load(ft, margin=0), Translator.load(weights, margin=0)
+    for seed in (0, 1):
+        assert np.array_equal(a.translate(lab36, inst36, seed), b.translate(lab36, inst36, seed))
+    moved = train(
+        feat_opt.replace(name="ft3", d_warmup=2, niter=1, niter_decay=0, max_iters=3, seed=3)
+    )
+    g3 = load_checkpoint(moved / "latest.pt")["G"]
+    assert any(not torch.equal(g3[k], v.float()) for k, v in start.items())
+    with pytest.raises(CellsynthError, match="d_warmup"):
+        tiny_opt(tmp_path, pairs, d_warmup=-1)
+
+
 def test_two_processes_gloo(tmp_path, pairs):
     run = train(tiny_opt(tmp_path, pairs, gpus=2, niter=1, niter_decay=0, device="cpu"))
     ckpt = load_checkpoint(run / "latest.pt")
@@ -625,7 +686,7 @@ def test_clusters_and_feature_sampling(tmp_path, pairs):
     assert set(table) == {0, 1} and all(v.shape == (3, 3) for v in table.values())
     meta = json.loads((run / "clusters.json").read_text())
     assert meta["classes"] == {"0": 3, "1": 3}
-    tr = Translator.load(run)
+    tr = Translator.load(run, appearance="clusters")
     inst = make_instances(np.random.default_rng(4), 32)
     lab = (inst > 0).astype(np.uint8)
     feats = [tr._features(lab.astype(np.int64), inst.astype(np.int64), s) for s in range(6)]
@@ -637,6 +698,90 @@ def test_clusters_and_feature_sampling(tmp_path, pairs):
             assert np.any(np.all(np.isclose(table[cls], vals[:, 0]), axis=1))
     assert any(not np.array_equal(feats[0], f) for f in feats[1:])
     assert np.array_equal(tr.translate(lab, inst, seed=2), tr.translate(lab, inst, seed=2))
+    # the bank: one row per region of every training image (background + its cells), each the
+    # encoder's mean over that region, recomputed here independently
+    app = load_appearance(run / "clusters.npz", feat_num=3)
+    ckpt = load_checkpoint(run / "latest.pt")
+    opt = Options.from_dict(ckpt["config"]["opt"])
+    enc = build_encoder(opt)
+    enc.load_state_dict(ckpt["E"])
+    ds = p2p_data.open_pairs(pairs, "train")
+    rows = 0
+    for i in range(len(ds)):
+        b = p2p_data.load_batch(ds, [i], opt, 0, train=False)
+        with torch.no_grad():
+            f = enc.eval()(b["image"], b["inst"])[0].numpy()
+        mine = app.bank_images == i
+        ids = np.unique(b["inst"][0].numpy())
+        assert mine.sum() == len(ids)
+        for r, vec, cls in zip(ids, app.bank_features[mine], app.bank_classes[mine]):
+            where = b["inst"][0].numpy() == r
+            assert np.allclose(f[:, where].mean(axis=1), vec, atol=1e-5)
+            assert cls == (0 if r == 0 else 1)
+        rows += len(ids)
+    assert rows == len(app.bank_features)
+    # appearance "image" (the default with a bank): every region of a map takes a region of its
+    # class in one and the same training image
+    tr = Translator.load(run)
+    assert tr.appearance == "image"
+    drawn = set()
+    for s in range(12):
+        f = tr._features(lab.astype(np.int64), inst.astype(np.int64), s)
+        sources = []
+        for r in np.unique(inst):
+            vec = f[:, inst == r][:, 0]
+            cls = 0 if r == 0 else 1
+            hit = np.flatnonzero(
+                np.all(np.isclose(app.bank_features, vec), axis=1) & (app.bank_classes == cls)
+            )
+            assert len(hit)
+            sources.append(set(app.bank_images[hit].tolist()))
+        common = set.intersection(*sources)
+        assert common
+        drawn |= common
+    assert len(drawn) > 1  # seeds draw different training images
+    assert np.array_equal(tr.translate(lab, inst, seed=5), tr.translate(lab, inst, seed=5))
+    with pytest.raises(CellsynthError, match="unknown appearance"):
+        Translator.load(run, appearance="nearest")
+    np.savez(tmp_path / "centres.npz", **{f"class_{c}": v for c, v in table.items()})
+    assert Translator.load(run, clusters=tmp_path / "centres.npz").appearance == "clusters"
+    with pytest.raises(CellsynthError, match="feature bank"):
+        Translator.load(run, clusters=tmp_path / "centres.npz", appearance="image")
+    np.savez(tmp_path / "half.npz", class_0=table[0], bank_features=app.bank_features)
+    with pytest.raises(CellsynthError, match="bank needs"):
+        Translator.load(run, clusters=tmp_path / "half.npz")
+    # a weights-only export carries the clusters and the bank: it draws the same features in
+    # a folder without clusters.npz, and loads with weights_only
+    out = tmp_path / "shipped" / "translator.pt"
+    out.parent.mkdir()
+    args = ["models", "export", "--kind", "pix2pixhd", "--checkpoint", str(run), "--fp32"]
+    main([*args, "--out", str(out)])
+    torch.load(out, weights_only=True)
+    shipped = Translator.load(out)
+    assert shipped.appearance == "image"
+    for s in (0, 7):
+        assert np.array_equal(shipped.translate(lab, inst, seed=s), tr.translate(lab, inst, seed=s))
+    # it keeps the encoder too: a fine-tune from it goes on with the same features
+    assert set(load_checkpoint(out)["E"]) == set(ckpt["E"])
+    ft = train(
+        tiny_opt(
+            tmp_path,
+            pairs,
+            name="ft",
+            instance_feat=True,
+            load_pretrain=str(out),
+            d_warmup=1,
+            max_iters=1,
+            niter=1,
+            niter_decay=0,
+        )
+    )
+    e = load_checkpoint(ft / "latest.pt")["E"]
+    assert all(torch.equal(e[k], v) for k, v in ckpt["E"].items())
+    (run / "clusters.npz").rename(tmp_path / "moved.npz")
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--out", str(tmp_path / "none.pt")])
+    assert stop.value.code != 0 and not (tmp_path / "none.pt").exists()
 
 
 # ---- data errors and the CLI -------------------------------------------------------------------

@@ -305,9 +305,9 @@ def _tiny_gan(tmp_path, channels=3, encoding="fbd", c_dim=0, classes=None):
     return path
 
 
-def _tiny_translator(tmp_path, output_nc=1, label_nc=2, name="p"):
+def _tiny_translator(tmp_path, output_nc=1, label_nc=2, name="p", features=False):
     pytest.importorskip("cellsynth.pix2pixhd.translator", reason="pix2pixhd not built")
-    return tiny_translator(tmp_path, output_nc, label_nc, name)
+    return tiny_translator(tmp_path, output_nc, label_nc, name, features)
 
 
 def test_gan_sources(tmp_path, one_thread):
@@ -441,6 +441,48 @@ def test_margin_is_recorded_and_used(tmp_path, one_thread):
     with pytest.raises(CellsynthError, match="--margin"):
         synth(tmp_path / "bad", margin=-1, **kw)
     assert not (tmp_path / "bad").exists()
+
+
+def test_appearance_of_a_feature_translator(tmp_path, one_thread):
+    """A translator with encoded features: --appearance image (the default with a bank) gives
+    each image the background and cells of one training image; clusters each cell a centre;
+    recorded in the manifest; refused for a model without features."""
+    from cellsynth.pix2pixhd.translator import Translator
+
+    g, p = _tiny_gan(tmp_path), _tiny_translator(tmp_path, name="f", features=True)
+    kw = dict(masks=f"stylegan3:{g}", images=f"pix2pixhd:{p}", device="cpu", seeds="0-3")
+    got = {}
+    for appearance in ("auto", "image", "clusters"):
+        out = tmp_path / appearance
+        synth(out, appearance=appearance, min_cells=1, **kw)
+        man = json.loads((out / "manifest.json").read_text())
+        want = "image" if appearance == "auto" else appearance
+        assert man["options"]["appearance"] == appearance
+        assert man["checkpoints"]["images"]["appearance"] == want
+        tr = Translator.load(p, appearance=want)
+        for seed in range(4):
+            name = f"seed{seed:06d}.tif"
+            lab = read_labels(out / "masks" / name)
+            img = read_image(out / "images" / name)
+            assert np.array_equal(img, tr.translate((lab > 0).astype(np.uint8), lab, seed))
+            feat = tr._features((lab > 0).astype(np.int64), lab.astype(np.int64), seed)
+            levels = {float(feat[0][lab == r][0]) for r in np.unique(lab)}
+            if want == "image":  # one training image k: levels within 3k..3k+2, bg at 3k
+                k = int(feat[0][lab == 0][0]) // 3
+                assert float(feat[0][lab == 0][0]) == 3 * k
+                assert levels <= {3.0 * k, 3.0 * k + 1, 3.0 * k + 2}
+            else:
+                assert levels <= {0.0, 3.0, 1.0, 5.0}
+            got.setdefault(appearance, []).append(img)
+    assert all(np.array_equal(a, b) for a, b in zip(got["auto"], got["image"]))
+    assert any(not np.array_equal(a, b) for a, b in zip(got["image"], got["clusters"]))
+    plain = _tiny_translator(tmp_path)
+    bad = tmp_path / "bad"
+    with pytest.raises(CellsynthError, match="no feature encoder"):
+        synth(bad, masks=f"stylegan3:{g}", images=f"pix2pixhd:{plain}", appearance="image")
+    with pytest.raises(CellsynthError, match="appearance"):
+        synth(bad, appearance="nearest", **kw)
+    assert not bad.exists()
 
 
 def _cells_by_draw(gen, seed, draws, min_size=0):
