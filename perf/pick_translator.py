@@ -44,13 +44,15 @@ def clusters_for(ckpt: Path, pairs: str | None) -> Path | None:
 
 
 def main() -> None:
+    from cellsynth.pix2pixhd.clusters import APPEARANCE_CHOICES
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/dsb2018-fluo"))
     ap.add_argument("--pairs", default=None, help="pairs folder for the clusters [as trained]")
     ap.add_argument("--num", type=int, default=60, help="train images used")
     ap.add_argument("--blur", type=float, default=0.5, help="last smoothing of every candidate")
-    ap.add_argument("--appearance", choices=("auto", "image", "clusters"), default="auto")
+    ap.add_argument("--appearance", choices=APPEARANCE_CHOICES, default="auto")
     args = ap.parse_args()
     from scipy.stats import wasserstein_distance
 
@@ -72,14 +74,13 @@ def main() -> None:
         ckpt = resolve_checkpoint(spec)
         t0 = time.perf_counter()
         clusters = clusters_for(ckpt, args.pairs)
-        appearance = None if args.appearance == "auto" else args.appearance
-        tr = Translator.load(ckpt, clusters=clusters, blur=args.blur, appearance=appearance)
+        tr = Translator.load(ckpt, clusters=clusters, blur=args.blur, appearance=args.appearance)
         synth = translate_all(tr, truth)
         n_syn, b_syn = intensities(zip(synth, truth))
         ap_syn = pooled_ap50(truth, [probe.predict(gray(im)) for im in synth])
         row = {
             "checkpoint": str(spec),
-            "appearance": tr.appearance if tr.opt.use_features else None,
+            "appearance": tr.appearance,
             "blur": tr.blur,
             "num_train_images": len(samples),
             "nucleus_w1": round(float(wasserstein_distance(n_real, n_syn)), 3),

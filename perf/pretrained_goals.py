@@ -242,8 +242,7 @@ def image_figures(args, train, test, variants) -> dict[str, dict]:
     n_real, b_real = intensities(zip(real_images, truth))
     n_tr, b_tr = intensities([(s.image, s.labels) for s in train])
     trained = [load_probe(spec, real_images) for spec in args.probe_model]
-    appearance = None if args.appearance == "auto" else args.appearance
-    tr = Translator.load(args.images, appearance=appearance)
+    tr = Translator.load(args.images, appearance=args.appearance)
     results = {}
     recorded = tr.blur
     for key, dechecker, margin, blur in variants:
@@ -259,7 +258,7 @@ def image_figures(args, train, test, variants) -> dict[str, dict]:
             "dechecker": tr.dechecker_period,
             "margin": tr.margin,
             "blur": tr.blur,
-            "appearance": tr.appearance if tr.opt.use_features else None,
+            "appearance": tr.appearance,
             "num_test_images": len(test),
             "translate_s": round(tr_s, 1),
             "probe": "classical (default options)",
@@ -386,6 +385,8 @@ def trained_probe(folder, seg, synth, real_images, truth) -> dict:
 
 
 def main():
+    from cellsynth.pix2pixhd.clusters import APPEARANCE_CHOICES
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--masks", default="dsb2018-nuclei")
     ap.add_argument("--images", default="dsb2018-nuclei")
@@ -422,7 +423,7 @@ def main():
     )
     ap.add_argument(
         "--appearance",
-        choices=("auto", "image", "clusters"),
+        choices=APPEARANCE_CHOICES,
         default="auto",
         help="a translator with encoded features: how it draws them (synth --appearance)",
     )

@@ -77,6 +77,7 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 100) -> np.ndarray
 
 
 APPEARANCE = ("image", "clusters")
+APPEARANCE_CHOICES = ("auto", *APPEARANCE)  # what callers may ask for; auto: image with a bank
 BANK_KEYS = ("bank_features", "bank_classes", "bank_images")
 
 

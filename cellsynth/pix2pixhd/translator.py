@@ -24,7 +24,13 @@ from cellsynth.errors import CellsynthError
 from cellsynth.pix2pixhd import data as p2p_data
 from cellsynth.pix2pixhd.checkerboard import remove_checkerboard, upsamples_by_transposed_convs
 from cellsynth.pix2pixhd.checkpoints import resolve_checkpoint
-from cellsynth.pix2pixhd.clusters import APPEARANCE, Appearance, load_appearance, region_classes
+from cellsynth.pix2pixhd.clusters import (
+    APPEARANCE,
+    APPEARANCE_CHOICES,
+    Appearance,
+    load_appearance,
+    region_classes,
+)
 from cellsynth.pix2pixhd.networks import build_generator
 from cellsynth.pix2pixhd.options import DEFAULT_MARGIN, Options, check_blur, check_margin
 from cellsynth.training.checkpoint import load_checkpoint
@@ -61,17 +67,20 @@ class Translator:
         if clusters is not None and not isinstance(clusters, Appearance):
             clusters = Appearance(dict(clusters))
         self.clusters = clusters
-        # how a feature model draws its features (clusters.py): "image" when it has a bank
+        # how a feature model draws its features (clusters.py): None or "auto" is "image" when
+        # it has a bank; a model without an encoder draws none (appearance None)
+        if appearance == "auto":
+            appearance = None
         if appearance is not None and not opt.use_features:
             raise CellsynthError(
                 f"appearance {appearance!r}: this model has no feature encoder (it draws no "
                 "features)"
             )
-        if appearance is None:
+        if appearance is None and opt.use_features:
             appearance = "image" if clusters is not None and clusters.has_bank else "clusters"
-        if appearance not in APPEARANCE:
+        if appearance is not None and appearance not in APPEARANCE:
             raise CellsynthError(
-                f"unknown appearance {appearance!r}; use one of {', '.join(APPEARANCE)}"
+                f"unknown appearance {appearance!r}; use one of {', '.join(APPEARANCE_CHOICES)}"
             )
         if appearance == "image" and clusters is not None and not clusters.has_bank:
             raise CellsynthError(
@@ -108,8 +117,8 @@ class Translator:
         Feature clusters and the bank (models with an encoder) come from ``clusters``, else
         from the weights file itself (``models export`` puts them there), else from
         ``clusters.npz`` beside the checkpoint; ``appearance`` how regions draw their features
-        (:data:`~cellsynth.pix2pixhd.clusters.APPEARANCE`; None: ``image`` when there is a
-        bank). ``dechecker``: remove the transposed convolutions' checkerboard
+        (:data:`~cellsynth.pix2pixhd.clusters.APPEARANCE`; None or "auto": ``image`` when there
+        is a bank; :attr:`appearance` is None for a model without an encoder). ``dechecker``: remove the transposed convolutions' checkerboard
         from every image (:mod:`cellsynth.pix2pixhd.checkerboard`); None: when the generator
         has them (every Pix2PixHD generator here does). ``margin``: pixels of mirrored context
         translated around each map and cut off again (see :meth:`translate_batch`). ``blur``:

@@ -21,7 +21,7 @@ from typing import ClassVar
 from cellsynth.cluster import parse_dask
 from cellsynth.errors import CellsynthError, require
 from cellsynth.options import keyword_map, normalise, option
-from cellsynth.pix2pixhd.clusters import APPEARANCE
+from cellsynth.pix2pixhd.clusters import APPEARANCE_CHOICES
 from cellsynth.pix2pixhd.options import DEFAULT_MARGIN, check_blur, check_margin
 from cellsynth.tools.combine import MODES
 from cellsynth.tools.parse import parse_seeds, parse_size
@@ -101,7 +101,7 @@ class SourceOptions:
     )
     appearance: str = option(
         "auto",
-        choices=("auto", *APPEARANCE),
+        choices=APPEARANCE_CHOICES,
         help="pix2pixhd models with a feature encoder: image (each image takes the stain and "
         "exposure of one training image, its background and its cells together) or clusters "
         "(each cell a k-means centre of its own, as the original Pix2PixHD); auto: image when "

@@ -100,7 +100,7 @@ def load_translator(
         dechecker=choice,
         margin=margin,
         blur=blur,
-        appearance=None if appearance == "auto" else appearance,
+        appearance=appearance,
     )
     if tr.label_nc == 1:
         raise CellsynthError(
@@ -119,7 +119,7 @@ def _translator_record(path, tr) -> dict:
         "dechecker": tr.dechecker_period,  # what was done, not what was asked (auto resolved)
         "margin": tr.margin,
         "blur": tr.blur,
-        "appearance": tr.appearance if tr.opt.use_features else None,
+        "appearance": tr.appearance,
     }
 
 

@@ -663,7 +663,7 @@ def test_region_classes():
     assert np.array_equal(ids[inverse], regions)
 
 
-def test_clusters_and_feature_sampling(tmp_path, pairs):
+def test_clusters_and_feature_sampling(tmp_path, pairs, capsys):
     from cellsynth.cli import main
 
     run = train(tiny_opt(tmp_path, pairs, instance_feat=True, niter=1, niter_decay=0))
@@ -779,9 +779,12 @@ def test_clusters_and_feature_sampling(tmp_path, pairs):
     e = load_checkpoint(ft / "latest.pt")["E"]
     assert all(torch.equal(e[k], v) for k, v in ckpt["E"].items())
     (run / "clusters.npz").rename(tmp_path / "moved.npz")
+    capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
         main([*args, "--out", str(tmp_path / "none.pt")])
-    assert stop.value.code != 0 and not (tmp_path / "none.pt").exists()
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1 and "clusters" in err
+    assert not (tmp_path / "none.pt").exists()
 
 
 # ---- data errors and the CLI -------------------------------------------------------------------

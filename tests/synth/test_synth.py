@@ -477,6 +477,9 @@ def test_appearance_of_a_feature_translator(tmp_path, one_thread):
     assert all(np.array_equal(a, b) for a, b in zip(got["auto"], got["image"]))
     assert any(not np.array_equal(a, b) for a, b in zip(got["image"], got["clusters"]))
     plain = _tiny_translator(tmp_path)
+    synth(tmp_path / "plain", masks=f"stylegan3:{g}", images=f"pix2pixhd:{plain}", seeds="0")
+    man = json.loads((tmp_path / "plain" / "manifest.json").read_text())
+    assert man["checkpoints"]["images"]["appearance"] is None  # no encoder: draws nothing
     bad = tmp_path / "bad"
     with pytest.raises(CellsynthError, match="no feature encoder"):
         synth(bad, masks=f"stylegan3:{g}", images=f"pix2pixhd:{plain}", appearance="image")
