@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=2 python perf/pretrained_goals.py [--masks dsb2018-nuclei]
         [--images dsb2018-nuclei] [--num 1000] [--trunc PSI] [--marker-thresh LEVEL] [--data ../shared/data/dsb2018-fluo]
-        [--skip-masks] [--skip-images] [--dechecker both|on|off] [--margin PX,...]
+        [--debias auto|on|off] [--skip-masks] [--skip-images] [--dechecker both|on|off] [--margin PX,...]
         [--blur SIGMA,...] [--appearance auto|image|clusters] [--grid-dir DIR]
         [--probe-model NAME=DIR ...]
 
@@ -111,10 +111,13 @@ def mask_figures(args, train, test) -> dict:
     t0 = time.perf_counter()
     fake, first = [], None
     seeds = list(range(args.num))
+    opts = {"min_size": args.min_size, "marker_thresh": args.marker_thresh}
     for i in range(0, len(seeds), 50):
-        x = gen.generate(seeds[i : i + 50], batch=25, trunc=args.trunc)
+        x = gen.generate(
+            seeds[i : i + 50], batch=25, trunc=args.trunc, debias=args.debias, decode_opts=opts
+        )
         first = gen.to_uint8(x[:16]) if first is None else first
-        fake += gen.decode(x, min_size=args.min_size, marker_thresh=args.marker_thresh)
+        fake += gen.decode(x, **opts)
     gen_s = time.perf_counter() - t0
     if args.grid_dir:
         write_mask_grid(Path(args.grid_dir) / "masks_real_vs_generated.png", real_test, first)
@@ -126,6 +129,7 @@ def mask_figures(args, train, test) -> dict:
         "scale": res / args.tile,
         "precision": gen.config.get("precision"),
         "trunc": gen.trunc_for(args.trunc),
+        "debias": gen.debiases(args.debias),
         "num_generated": len(fake),
         "num_real_test_tiles": len(real_test),
         "num_real_train_tiles": len(real_train),
@@ -395,6 +399,12 @@ def main():
     ap.add_argument("--tile", type=int, default=128, help="crop size before the down-scaling")
     ap.add_argument("--min-size", type=int, default=0, help="decode: drop smaller objects")
     ap.add_argument("--fp32", action="store_true", help="generate in float32 (default: mixed)")
+    ap.add_argument(
+        "--debias",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="undo the generator's crowded-tile repeats (default: when its file records them)",
+    )
     ap.add_argument(
         "--trunc", type=float, default=None, help="truncation psi (default: the network's own)"
     )

@@ -219,7 +219,7 @@ SG3_TINY = dict(
 )
 
 
-def make_masks_zip(path, n=8, res=32, encoding="fbd", seed=0, classes=None):
+def make_masks_zip(path, n=8, res=32, encoding="fbd", seed=0, classes=None, repeat_crowded=None):
     """A masks zip in the agreed format (random disks, encoded with the codec)."""
     from PIL import Image
 
@@ -248,6 +248,8 @@ def make_masks_zip(path, n=8, res=32, encoding="fbd", seed=0, classes=None):
             "classes": classes,
             "source": "test",
         }
+        if repeat_crowded is not None:
+            meta["repeat_crowded"] = repeat_crowded
         z.writestr("cellsynth.json", json.dumps(meta))
     return path
 
@@ -267,11 +269,16 @@ def sg3_train(data, outdir, **kw):
     return train(data=str(data), outdir=str(outdir), **{**SG3_TINY, **kw})
 
 
-def sg3_snapshot(tmp, cfg, encoding="fbd", classes=None):
+def sg3_snapshot(tmp, cfg, encoding="fbd", classes=None, repeat_crowded=None):
     """An (untrained) snapshot written by the trainer itself."""
     from cellsynth.stylegan3.training_loop import Trainer
 
-    data = make_masks_zip(tmp / f"{cfg}-{encoding}.zip", encoding=encoding, classes=classes)
+    data = make_masks_zip(
+        tmp / f"{cfg}-{encoding}.zip",
+        encoding=encoding,
+        classes=classes,
+        repeat_crowded=repeat_crowded,
+    )
     tr = Trainer(sg3_options(data, tmp, cfg=cfg, cond=bool(classes)))
     return tr.save_snapshot(tmp / f"{cfg}-{encoding}{'-cond' if classes else ''}.pt")
 

@@ -55,6 +55,12 @@ import click
     type=click.IntRange(min=1),
     help="fbd: half-width in pixels of the boundary band between touching cells.",
 )
+@click.option(
+    "--repeat-crowded",
+    metavar="MIN:TIMES,...",
+    help="masks: pack each item with at least MIN objects TIMES times (e.g. 14:4,10:2), so "
+    "a generator sees crowded tiles, a rare mode it tends to drop, more often.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace --dest if it exists.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def pack(kind, source, dest, resolution, size, tile_size, stride, **opts):
@@ -88,5 +94,7 @@ def pack(kind, source, dest, resolution, size, tile_size, stride, **opts):
             raise CellsynthError("--kind pairs needs --size (N or HxW, e.g. 256)")
         opts.pop("encoding")
         opts.pop("boundary_width")
+        if opts.pop("repeat_crowded"):
+            raise CellsynthError("--repeat-crowded is for --kind masks")
         summary = pack_pairs(source, dest, size, tile=tile, stride=stride, **opts)
     click.echo(json.dumps(summary))

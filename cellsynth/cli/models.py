@@ -105,6 +105,14 @@ def verify():
 @click.option("--boundary-thresh", type=float, default=None, help="stylegan3: as --fg-thresh.")
 @click.option("--marker-thresh", type=float, default=None, help="stylegan3: as --fg-thresh.")
 @click.option(
+    "--repeat-crowded",
+    metavar="MIN:TIMES,...",
+    default=None,
+    help="stylegan3: the crowded-tile repeats of the data it trained on (dataset pack "
+    "--repeat-crowded), for a snapshot whose data did not record them; sampling undoes them "
+    "(generate --debias).",
+)
+@click.option(
     "--blur",
     type=float,
     default=None,
@@ -118,7 +126,7 @@ def verify():
     help="pix2pixhd with a feature encoder: the clusters file (with its feature bank) the "
     "export carries [clusters.npz beside the checkpoint].",
 )
-def export(kind, checkpoint, out, fp32, trunc, blur, clusters, **thresholds):
+def export(kind, checkpoint, out, fp32, trunc, repeat_crowded, blur, clusters, **thresholds):
     """Write a weights-only copy of a training checkpoint (generator only, fp16 storage).
 
     For a mask generator, --trunc and the thresholds record the settings it samples and decodes
@@ -141,6 +149,7 @@ def export(kind, checkpoint, out, fp32, trunc, blur, clusters, **thresholds):
         raise CellsynthError(
             f"--trunc and the decoder thresholds are for --kind stylegan3, not {kind}"
         )
+    repeats = None if repeat_crowded is None else _repeat_setting(kind, checkpoint, repeat_crowded)
     if trunc is not None and not is_trunc(trunc):
         raise CellsynthError(f"--trunc must be in (0, 1], got {trunc}")
     bad = [f"--{k.replace('_', '-')} {v}" for k, v in decode.items() if not is_threshold(v)]
@@ -149,6 +158,8 @@ def export(kind, checkpoint, out, fp32, trunc, blur, clusters, **thresholds):
     settings = {"trunc": float(trunc)} if trunc is not None else {}
     if decode:
         settings["decode"] = decode
+    if repeats is not None:
+        settings["repeat_crowded"] = repeats
     if blur is not None:
         settings["blur"] = blur
     if clusters is not None and kind != "pix2pixhd":
@@ -169,6 +180,25 @@ def export(kind, checkpoint, out, fp32, trunc, blur, clusters, **thresholds):
             indent=2,
         )
     )
+
+
+def _repeat_setting(kind, checkpoint, spec) -> list:
+    """``--repeat-crowded`` as the list a generator file records; refused for a translator, and
+    where the snapshot records other repeats (its training data's own)."""
+    from cellsynth.datasets.pack import parse_repeat_crowded
+    from cellsynth.stylegan3.generate import recorded_repeats
+    from cellsynth.stylegan3.snapshot import load_snapshot
+
+    if kind != "stylegan3":
+        raise CellsynthError(f"--repeat-crowded is for --kind stylegan3, not {kind}")
+    rules = parse_repeat_crowded(spec)
+    own = recorded_repeats(load_snapshot(checkpoint)["config"])
+    if own and own != rules:
+        raise CellsynthError(
+            f"--repeat-crowded {spec}: {checkpoint} records the repeats of its training data, "
+            f"{','.join(f'{m}:{t}' for m, t in own)}; leave the option out"
+        )
+    return [list(r) for r in rules]
 
 
 def _appearance_entry(checkpoint, clusters) -> dict | None:

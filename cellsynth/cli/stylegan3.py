@@ -118,6 +118,14 @@ def train(**kw):
 )
 @click.option("--class", "class_idx", default=None, type=int, help="Class (conditional nets).")
 @click.option(
+    "--debias",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "on", "off"]),
+    help="Undo the crowded-tile repeats of the training data (dataset pack --repeat-crowded) "
+    "by rejection sampling; auto: when the network file records them.",
+)
+@click.option(
     "--noise-mode",
     default="const",
     show_default=True,
@@ -153,6 +161,7 @@ def generate(
     seeds,
     trunc,
     class_idx,
+    debias,
     noise_mode,
     translate,
     rotate,
@@ -192,6 +201,7 @@ def generate(
         progress=progress,
         overwrite=overwrite,
         fp32=fp32,
+        debias=debias,
     )
     click.echo(f"wrote {len(written)} files to {outdir}")
 

@@ -62,6 +62,51 @@ def check_resolution(resolution) -> int:
     return r
 
 
+def parse_repeat_crowded(spec) -> list[tuple[int, int]]:
+    """``"14:4,10:2"`` (or pairs) -> [(14, 4), (10, 2)], sorted by MIN, densest first: a tile with
+    at least MIN objects is packed TIMES times (the first rule it meets). Raises CellsynthError
+    for anything but MIN >= 1 and TIMES >= 1 integer pairs with distinct MINs."""
+    if spec is None or spec == "" or spec == []:
+        return []
+    if isinstance(spec, str):
+        try:
+            pairs = [tuple(int(v) for v in part.split(":")) for part in spec.split(",")]
+        except ValueError:
+            pairs = None
+    else:
+        pairs = [tuple(p) for p in spec]
+    if not pairs or any(len(p) != 2 or p[0] < 1 or p[1] < 1 for p in pairs):
+        raise CellsynthError(
+            f"--repeat-crowded {spec!r}: expected MIN:TIMES pairs separated by commas, e.g. "
+            "14:4,10:2 (integers >= 1: a tile with at least MIN objects is packed TIMES times)"
+        )
+    if len({m for m, _ in pairs}) != len(pairs):
+        raise CellsynthError(f"--repeat-crowded {spec!r}: each MIN may appear once")
+    return sorted(((int(m), int(t)) for m, t in pairs), reverse=True)
+
+
+def recorded_repeat_crowded(value) -> list[tuple[int, int]]:
+    """The rules a file records (``[[MIN, TIMES], ...]`` or None) as
+    :func:`parse_repeat_crowded` gives them; ValueError for anything else."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"not a list: {value!r}")
+    try:
+        return parse_repeat_crowded(value)
+    except (CellsynthError, TypeError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def repeats(labels: np.ndarray, rules: list[tuple[int, int]]) -> int:
+    """How many times :func:`pack_masks` packs a tile of ``labels`` under ``rules``
+    (:func:`parse_repeat_crowded`): TIMES of the densest rule its object count meets, else 1."""
+    if not rules:
+        return 1
+    n = len(np.unique(labels[labels > 0]))
+    return next((t for m, t in rules if n >= m), 1)
+
+
 def _check_transform(transform: str) -> str:
     if transform not in TRANSFORMS:
         raise CellsynthError(f"unknown transform {transform!r}; use one of {', '.join(TRANSFORMS)}")
@@ -208,6 +253,7 @@ def pack_masks(
     stride=None,
     keep_empty: bool = False,
     boundary_width: int = 2,
+    repeat_crowded=None,
     progress: bool = False,
 ) -> dict:
     """Write the StyleGAN3 masks zip from a canonical dataset (atomically).
@@ -217,11 +263,17 @@ def pack_masks(
     stop after this many items; cond metadata key giving the class (e.g. "cell_type");
     split the split to read (default: a split folder as given, else ``train`` when present,
     else every split); tile, stride for ``tiles`` (tile defaults to resolution); keep_empty
-    keep items (images or tiles) without cells; boundary_width of the fbd boundary band.
-    Returns a summary dict (items, images, skipped_small, skipped_empty, classes, dest).
+    keep items (images or tiles) without cells; boundary_width of the fbd boundary band;
+    repeat_crowded ``"MIN:TIMES,..."`` (:func:`parse_repeat_crowded`): pack each item with at
+    least MIN objects TIMES times in a row, so a generator sees crowded tiles, a rare mode it
+    tends to drop, more often (the copies count as items; ``cellsynth.json`` records the rules
+    and the summary the copies added, ``repeated``).
+    Returns a summary dict (items, images, skipped_small, skipped_empty, repeated, classes,
+    dest).
     """
     from tqdm import tqdm
 
+    rules = parse_repeat_crowded(repeat_crowded)
     resolution = check_resolution(resolution)
     channels = check_encoding(encoding)
     datasets = _sources(source, split, False, transform, max_images, dest, overwrite)
@@ -229,7 +281,7 @@ def pack_masks(
         raise CellsynthError(f"{dest}: the masks dataset is a zip file; give a name ending in .zip")
 
     items, labels, sources, classes = 0, [], [], {}
-    images = skipped_small = skipped_empty = 0
+    images = skipped_small = skipped_empty = repeated = 0
     total = sum(n for _, _, n in datasets)
     with atomic_path(dest, overwrite) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
         bar = tqdm(total=total, desc="pack masks", unit="img", disable=not progress)
@@ -251,16 +303,19 @@ def pack_masks(
                         not crop_windows(sample.labels.shape, resolution, transform, tile, stride)
                     )
                 for (y, x, _, _), small in parts:
-                    if max_images is not None and items >= max_images:
-                        break
-                    enc = encode_mask(small, encoding, boundary_width)
-                    arcname = f"{items // 1000:05d}/img{items:08d}.png"
-                    zf.writestr(arcname, _png_bytes(enc))
-                    if cls is not None:
-                        labels.append([arcname, classes.setdefault(cls, len(classes))])
+                    png = _png_bytes(encode_mask(small, encoding, boundary_width))
                     tag = f"_y{y:04d}x{x:04d}" if transform == "tiles" else ""
-                    sources.append(f"{split_name}/{sample.name}{tag}")
-                    items += 1
+                    for copy in range(repeats(small, rules)):
+                        if max_images is not None and items >= max_images:
+                            break
+                        arcname = f"{items // 1000:05d}/img{items:08d}.png"
+                        zf.writestr(arcname, png)
+                        if cls is not None:
+                            labels.append([arcname, classes.setdefault(cls, len(classes))])
+                        again = f"#{copy + 1}" if copy else ""
+                        sources.append(f"{split_name}/{sample.name}{tag}{again}")
+                        items += 1
+                        repeated += int(copy > 0)
         bar.close()
         if items == 0:
             empty = f"; {skipped_empty} image(s) without cells" if skipped_empty else ""
@@ -291,6 +346,7 @@ def pack_masks(
             "splits": [s for s, _, _ in datasets],
             "transform": transform,
             "boundary_width": boundary_width if encoding == "fbd" else None,
+            "repeat_crowded": [list(r) for r in rules] or None,
             "items": sources,
         }
         zf.writestr(MASKS_META, json.dumps(meta, indent=1))
@@ -300,6 +356,7 @@ def pack_masks(
         "images": images,
         "skipped_small": skipped_small,
         "skipped_empty": skipped_empty,
+        "repeated": repeated,
         "classes": class_names,
     }
 
@@ -474,6 +531,13 @@ class MaskZipDataset:
             self.channels = int(meta.get("channels", ENCODINGS[self.encoding]))
             self.resolution = int(meta.get("resolution", first.shape[-1]))
             self.classes = meta.get("classes")
+            try:
+                self.repeat_crowded = recorded_repeat_crowded(meta.get("repeat_crowded"))
+            except ValueError:
+                raise CellsynthError(
+                    f"{self.path}: {MASKS_META} has a bad repeat_crowded "
+                    f"{meta.get('repeat_crowded')!r}; expected [[MIN, TIMES], ...]"
+                ) from None
         else:  # a plain StyleGAN zip: infer from the first image
             self.channels = first.shape[0]
             self.resolution = first.shape[-1]
@@ -484,6 +548,7 @@ class MaskZipDataset:
                     "or 3 (fbd)"
                 )
             self.classes = None
+            self.repeat_crowded = []
         if self.channels != ENCODINGS[self.encoding]:
             raise CellsynthError(
                 f"{self.path}: encoding {self.encoding!r} needs {ENCODINGS[self.encoding]} "

@@ -16,6 +16,15 @@ never does; :meth:`MaskGenerator.decode` likewise starts from the decoder thresh
 records (``config["decode"]``, e.g. ``{"marker_thresh": 0.55}``), else the codec's. Both are
 written by ``cellsynth models export --trunc/--marker-thresh/...``: the operating point a
 model card chose on the training data.
+
+Debiasing: a generator trained on a masks zip that repeats its crowded tiles (``dataset pack
+--repeat-crowded MIN:TIMES,...``; the snapshot records the rules as ``config["repeat_crowded"]``)
+learns a distribution that over-weights them by design. With ``debias`` (``"auto"``: whenever
+the file records rules) :meth:`MaskGenerator.generate` undoes that by rejection sampling: a
+seed's candidate mask with n decoded objects is kept with probability 1 / TIMES of the rule n
+meets, else the seed's next candidate is drawn (:func:`candidate_latent`, with a uniform number
+of its own, :func:`candidate_uniform`), so the kept masks follow the unrepeated data as far as
+the generator learned it, and each seed still gives one mask, the same in every run and batch.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ from cellsynth.errors import CellsynthError
 from cellsynth.tools.parse import MAX_SEED, parse_seeds  # noqa: F401 (re-exported)
 
 DECODE_KEYS = ("fg_thresh", "boundary_thresh", "marker_thresh")  # thresholds in (0, 1)
+DEBIAS_CHOICES = ("auto", "on", "off")
+MAX_CANDIDATES = 64  # debiasing: a seed keeps its last candidate if all of these were rejected
 
 
 def is_trunc(value) -> bool:
@@ -80,6 +91,37 @@ def recorded_trunc(config: dict) -> float:
     return float(value)
 
 
+def recorded_repeats(config: dict) -> list[tuple[int, int]]:
+    """The crowded-tile repeats of the training data a generator's config records
+    (``"repeat_crowded"``, :func:`cellsynth.datasets.pack.parse_repeat_crowded`), [] when none.
+
+    Raises CellsynthError for a value that is not a list of MIN, TIMES pairs (integers >= 1).
+    """
+    from cellsynth.datasets.pack import recorded_repeat_crowded
+
+    value = config.get("repeat_crowded")
+    try:
+        return recorded_repeat_crowded(value)
+    except ValueError:
+        raise CellsynthError(
+            f"the generator file records repeat_crowded {value!r}; expected [[MIN, TIMES], ...] "
+            "with integers >= 1"
+        ) from None
+
+
+def candidate_latent(seed: int, z_dim: int, draw: int = 0, candidate: int = 0) -> np.ndarray:
+    """Debiasing's ``candidate``-th latent of a seed's ``draw``: candidate 0 is
+    :func:`latent` itself, a later one ``RandomState([seed, draw, candidate]).randn(z_dim)``."""
+    if candidate == 0:
+        return latent(seed, z_dim, draw)
+    return np.random.RandomState([seed, draw, candidate]).randn(z_dim)
+
+
+def candidate_uniform(seed: int, draw: int = 0, candidate: int = 0) -> float:
+    """The uniform number in [0, 1) that decides whether a candidate is kept (its own stream)."""
+    return float(np.random.RandomState([seed, draw, candidate, 1]).rand())
+
+
 def latent(seed: int, z_dim: int, draw: int = 0) -> np.ndarray:
     """The latent of ``seed``: ``RandomState(seed).randn(z_dim)`` for draw 0 (the users'
     habit), ``RandomState([seed, draw]).randn(z_dim)`` for a later draw."""
@@ -96,8 +138,9 @@ class MaskGenerator:
     ``num_classes`` (0 when unconditional), ``classes`` (names or None), ``trunc`` (the
     truncation psi :meth:`generate` uses when given none: the one the file records, see
     :func:`recorded_trunc`, else 1.0), ``decode_settings`` (the decoder thresholds the file
-    records, :func:`recorded_decode`), ``G`` (the network), ``config`` (the snapshot config),
-    ``device``.
+    records, :func:`recorded_decode`), ``repeats`` (the crowded-tile repeats of its training
+    data, :func:`recorded_repeats`, undone by ``debias``), ``G`` (the network), ``config`` (the
+    snapshot config), ``device``.
     """
 
     def __init__(self, G, config: dict, device="cpu"):
@@ -117,6 +160,7 @@ class MaskGenerator:
         self.z_dim = int(G.z_dim)
         self.trunc = recorded_trunc(config)
         self.decode_settings = recorded_decode(config)
+        self.repeats = recorded_repeats(config)
 
     @classmethod
     def load(
@@ -143,11 +187,19 @@ class MaskGenerator:
             self.G.set_input_transform(translate=tuple(translate), rotate=float(rotate))
 
     def check_options(
-        self, class_idx=None, noise_mode="const", batch=8, translate=(0, 0), rotate=0.0, trunc=None
+        self,
+        class_idx=None,
+        noise_mode="const",
+        batch=8,
+        translate=(0, 0),
+        rotate=0.0,
+        trunc=None,
+        debias="auto",
     ) -> None:
         """Raise CellsynthError unless :meth:`generate` accepts these options for this network."""
         if trunc is not None and not math.isfinite(trunc):
             raise CellsynthError(f"--trunc must be a finite number, not {trunc}")
+        self.debiases(debias)
         if noise_mode not in ("const", "random", "none"):
             raise CellsynthError(f"--noise-mode must be const, random or none, not {noise_mode!r}")
         if batch < 1:
@@ -166,6 +218,21 @@ class MaskGenerator:
             raise CellsynthError(
                 "--translate/--rotate need a stylegan3 network; this snapshot is stylegan2"
             )
+
+    def debiases(self, debias="auto") -> bool:
+        """Whether :meth:`generate` undoes the training data's crowded-tile repeats: ``"auto"``
+        when the file records some, ``"on"`` (refused for a file that records none), ``"off"``.
+        """
+        if debias not in DEBIAS_CHOICES:
+            raise CellsynthError(
+                f"--debias must be one of {', '.join(DEBIAS_CHOICES)}, not {debias!r}"
+            )
+        if debias == "on" and not self.repeats:
+            raise CellsynthError(
+                "--debias on: this generator's file records no repeated crowded tiles "
+                "(dataset pack --repeat-crowded) to undo"
+            )
+        return debias != "off" and bool(self.repeats)
 
     def seed_classes(self, seeds, class_idx: int | None = None) -> list[int] | None:
         """The class of each seed: ``class_idx`` for all when given; for a conditional network
@@ -194,6 +261,8 @@ class MaskGenerator:
         rotate: float = 0.0,
         progress: bool = False,
         draws=None,
+        debias="auto",
+        decode_opts: dict | None = None,
     ) -> np.ndarray:
         """Masks for ``seeds`` as float32 N x C x R x R in [-1, 1].
 
@@ -206,13 +275,15 @@ class MaskGenerator:
             translate, rotate: input transform of a stylegan3 network (translate in fractions of
             the image size, rotate in degrees);
             draws: per seed, which of its latents (:func:`latent`; None: draw 0 for all). A
-            conditional network keeps each seed's class whatever the draw.
+            conditional network keeps each seed's class whatever the draw;
+            debias: auto, on or off (:meth:`debiases`): reject candidates to undo the training
+            data's repeated crowded tiles (see the module docstring); decode_opts: the decoder
+            options (over the file's, as for :meth:`decode`) that count a candidate's objects.
         """
-        import torch
         from tqdm import tqdm
 
         seeds = parse_seeds(seeds)
-        self.check_options(class_idx, noise_mode, batch, translate, rotate, trunc)
+        self.check_options(class_idx, noise_mode, batch, translate, rotate, trunc, debias)
         trunc = self.trunc_for(trunc)
         classes = self.seed_classes(seeds, class_idx)
         draws = [0] * len(seeds) if draws is None else [int(d) for d in draws]
@@ -220,17 +291,63 @@ class MaskGenerator:
             raise CellsynthError(f"{len(seeds)} seeds but {len(draws)} draws")
         self._set_transform(translate, rotate)
         out = np.empty((len(seeds), self.channels, self.resolution, self.resolution), np.float32)
+        for i in tqdm(range(0, len(seeds), batch), disable=not progress, desc="generate"):
+            part = slice(i, i + batch)
+            cls = None if classes is None else classes[part]
+            args = (seeds[part], draws[part], cls, trunc, noise_mode)
+            if self.debiases(debias):
+                out[part] = self._debiased(*args, decode_opts or {})
+            else:
+                out[part] = self._synthesize(*args, [0] * len(seeds[part]))
+        return out
+
+    def _synthesize(self, seeds, draws, classes, trunc, noise_mode, candidates) -> np.ndarray:
+        """One forward pass: the masks of each seed's draw's candidate latent."""
+        import torch
+
+        z = np.stack(
+            [
+                candidate_latent(s, self.z_dim, d, k)
+                for s, d, k in zip(seeds, draws, candidates, strict=True)
+            ]
+        )
         with torch.no_grad():
-            for i in tqdm(range(0, len(seeds), batch), disable=not progress, desc="generate"):
-                chunk = seeds[i : i + batch]
-                z = np.stack([latent(s, self.z_dim, d) for s, d in zip(chunk, draws[i:])])
-                z = torch.from_numpy(z).float().to(self.device)
-                c = torch.zeros([len(chunk), self.num_classes], device=self.device)
-                if classes is not None:
-                    c[torch.arange(len(chunk)), torch.tensor(classes[i : i + len(chunk)])] = 1
-                ws = self.G.mapping(z, c, truncation_psi=trunc)
-                img = self.G.synthesis(ws, noise_mode=noise_mode)
-                out[i : i + len(chunk)] = img.float().clamp(-1, 1).cpu().numpy()
+            z = torch.from_numpy(z).float().to(self.device)
+            c = torch.zeros([len(seeds), self.num_classes], device=self.device)
+            if classes is not None:
+                c[torch.arange(len(seeds)), torch.tensor(classes)] = 1
+            ws = self.G.mapping(z, c, truncation_psi=trunc)
+            img = self.G.synthesis(ws, noise_mode=noise_mode)
+            return img.float().clamp(-1, 1).cpu().numpy()
+
+    def keep_probability(self, objects: int) -> float:
+        """Debiasing: the chance a candidate with ``objects`` decoded objects is kept
+        (1 / TIMES of the first repeat rule it meets, 1 when none)."""
+        return 1.0 / next((t for m, t in self.repeats if objects >= m), 1)
+
+    def _debiased(self, seeds, draws, classes, trunc, noise_mode, decode_opts) -> np.ndarray:
+        """Rejection sampling (see the module docstring): each seed's first kept candidate."""
+        out = np.empty((len(seeds), self.channels, self.resolution, self.resolution), np.float32)
+        todo = list(range(len(seeds)))
+        for k in range(MAX_CANDIDATES):
+            cls = None if classes is None else [classes[j] for j in todo]
+            x = self._synthesize(
+                [seeds[j] for j in todo],
+                [draws[j] for j in todo],
+                cls,
+                trunc,
+                noise_mode,
+                [k] * len(todo),
+            )
+            rest = []
+            for j, xj, lab in zip(todo, x, self.decode(x, **decode_opts), strict=True):
+                out[j] = xj
+                u = candidate_uniform(seeds[j], draws[j], k)
+                if u >= self.keep_probability(int(lab.max(initial=0))):
+                    rest.append(j)  # rejected: draw the next candidate (or keep this, the last)
+            todo = rest
+            if not todo:
+                break
         return out
 
     def to_uint8(self, x: np.ndarray) -> np.ndarray:
@@ -278,6 +395,7 @@ def generate_images(
     progress: bool = False,
     overwrite: bool = False,
     fp32: bool = False,
+    debias: str = "auto",
 ) -> list[Path]:
     """Write ``seedNNNN.png`` (and ``seedNNNN_masks.tif`` with ``decode``) into ``outdir``.
 
@@ -299,13 +417,21 @@ def generate_images(
     gen = MaskGenerator.load(network, device=device, fp32=fp32)
     if decode and not gen.encoding:
         raise CellsynthError(f"{network}: snapshot has no mask encoding; cannot --decode")
-    gen.check_options(class_idx, noise_mode, batch, translate, rotate, trunc)
+    gen.check_options(class_idx, noise_mode, batch, translate, rotate, trunc, debias)
     written = []
     with output_folder(outdir, option="--outdir"):
         for i in range(0, len(seeds), batch):
             chunk = seeds[i : i + batch]
             x = gen.generate(
-                chunk, trunc, class_idx, noise_mode, batch, translate, rotate, progress
+                chunk,
+                trunc,
+                class_idx,
+                noise_mode,
+                batch,
+                translate,
+                rotate,
+                progress,
+                debias=debias,
             )
             imgs = gen.to_uint8(x)
             labels = gen.decode(x) if decode else [None] * len(chunk)

@@ -78,6 +78,7 @@ class MaskData:
         self.has_labels = bool(getattr(self.ds, "has_labels", False))
         self.label_dim = int(getattr(self.ds, "label_dim", 0) or 0)
         self.classes = getattr(self.ds, "classes", None)
+        self.repeat_crowded = list(getattr(self.ds, "repeat_crowded", []))
         self.total = self.n * (2 if self.mirror else 1)
         if self.total < world:
             raise CellsynthError(
@@ -615,6 +616,7 @@ class Trainer:
             "num_classes": self.c_dim,
             "classes": _jsonable(self.data.classes),
             "class_weights": self.data.class_weights(self.c_dim),
+            "repeat_crowded": [list(r) for r in self.data.repeat_crowded] or None,
             "z_dim": int(self.G.z_dim),
             "cur_nimg": self.cur_nimg,
             "training_options": _jsonable(options),

@@ -150,6 +150,12 @@ class GanOptions:
     class_idx: int | None = option(
         None, flag="--class", key="class", help="Class (conditional GAN)."
     )
+    debias: str = option(
+        "auto",
+        choices=("auto", "on", "off"),
+        help="Undo the crowded-tile repeats of the generator's training data by rejection "
+        "sampling (auto: when its file records them).",
+    )
     noise_mode: str = option("const", choices=NOISE_MODES)
     fp32: bool = option(
         False,

@@ -143,6 +143,8 @@ class Scheduler:
             noise_mode=gan.noise_mode,
             batch=batch,
             draws=draws,
+            debias=gan.debias,
+            decode_opts=self.plan.options.decode.codec_kwargs(),
         )
         raws = gen.to_uint8(x)
         self.times["gan_masks"] += time.perf_counter() - t0

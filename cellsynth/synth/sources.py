@@ -143,13 +143,14 @@ def _mask_generator(opts: SynthOptions, device, inputs: Inputs) -> None:
         )
     if not gen.num_classes and class_idx is not None:
         raise CellsynthError(f"{path}: --class given, but the generator is unconditional")
-    gen.check_options(trunc=opts.gan.trunc)
+    gen.check_options(trunc=opts.gan.trunc, debias=opts.gan.debias)
     inputs.generator = gen
     inputs.checkpoints["masks"] = {
         "path": path,
         "sha256": file_sha256(models.lookup(path, "stylegan3")),
         "precision": gen.config.get("precision", "fp32"),
         "trunc": gen.trunc_for(opts.gan.trunc),
+        "debias": gen.debiases(opts.gan.debias),
         "decode": gen.decode_kwargs(**opts.decode.codec_kwargs()),
     }
 

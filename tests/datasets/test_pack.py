@@ -15,7 +15,9 @@ from cellsynth.datasets.pack import (
     check_resolution,
     pack_masks,
     pack_pairs,
+    parse_repeat_crowded,
     parse_size,
+    repeats,
     resize_image,
 )
 from cellsynth.errors import CellsynthError
@@ -193,6 +195,51 @@ def test_tiles_of_a_livecell_sized_image(tmp_path):
     assert s["items"] == 20
 
 
+def test_repeat_crowded_packs_crowded_tiles_again(tmp_path):
+    # one 64x128 image, two 64x64 tiles: the left holds 6 squares, the right 2
+    labels = np.zeros((64, 128), np.uint16)
+    for k, (y, x) in enumerate([(4, 4), (4, 24), (4, 44), (30, 4), (30, 24), (30, 44)]):
+        labels[y : y + 12, x : x + 12] = k + 1
+    labels[10:30, 80:100] = 7
+    labels[40:60, 100:120] = 8
+    root = tmp_path / "crowd"
+    write_dataset(root, {"train": [Sample("im", np.zeros((64, 128), np.uint8), labels)]})
+    plain = pack_masks(root, tmp_path / "plain.zip", 32, transform="tiles", tile=64)
+    assert plain["items"] == 2 and plain["repeated"] == 0
+    s = pack_masks(
+        root, tmp_path / "rep.zip", 32, transform="tiles", tile=64, repeat_crowded="6:3,2:1"
+    )
+    assert s["items"] == 4 and s["repeated"] == 2
+    ds = MaskZipDataset(tmp_path / "rep.zip")
+    counts = [int(decode_mask(ds[i][0].transpose(1, 2, 0), "fbd").max()) for i in range(4)]
+    assert counts == [6, 6, 6, 2]  # the crowded tile three times in a row, then the other
+    assert all(np.array_equal(ds[0][0], ds[i][0]) for i in (1, 2))
+    with zipfile.ZipFile(tmp_path / "rep.zip") as zf:
+        meta = json.loads(zf.read("cellsynth.json"))
+    assert meta["repeat_crowded"] == [[6, 3], [2, 1]]
+    assert meta["items"] == ["train/im_y0000x0000", "train/im_y0000x0000#2"] + [
+        "train/im_y0000x0000#3",
+        "train/im_y0000x0064",
+    ]
+    # max_images counts the copies
+    capped = pack_masks(
+        root, tmp_path / "m.zip", 32, "fbd", "tiles", 2, tile=64, repeat_crowded="6:3"
+    )
+    assert capped["items"] == 2
+
+
+def test_parse_repeat_crowded_and_repeats():
+    assert parse_repeat_crowded("10:2,14:4") == [(14, 4), (10, 2)]
+    assert parse_repeat_crowded(None) == [] and parse_repeat_crowded([[3, 2]]) == [(3, 2)]
+    lab = np.zeros((8, 8), np.uint16)
+    lab[:2, :2], lab[4:, 4:], lab[0, 7] = 5, 9, 2  # 3 objects, ids not sequential
+    assert repeats(lab, [(4, 5), (3, 2)]) == 2 and repeats(lab, [(4, 5)]) == 1
+    assert repeats(lab, []) == 1
+    for bad in ("14", "14:0", "0:2", "a:b", "14:4,14:2", "1:2:3"):
+        with pytest.raises(CellsynthError, match="repeat-crowded"):
+            parse_repeat_crowded(bad)
+
+
 def _float_mask_dataset(tmp_path):
     root = tmp_path / "floaty" / "train"
     (root / "images").mkdir(parents=True)
@@ -257,6 +304,10 @@ def test_cli_pack_and_errors(canon, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         _pack_cli("pairs", canon, tmp_path / "p")
     assert exc.value.code == 2 and "--size" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        _pack_cli("pairs", canon, tmp_path / "p", "--size", "16", "--repeat-crowded", "3:2")
+    assert exc.value.code == 2 and "for --kind masks" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
     _pack_cli("pairs", canon, tmp_path / "p", "--size", "16x24", "--no-progress")
     assert PairsDataset(tmp_path / "p", "train")[0]["image"].shape == (16, 24)
 

@@ -198,6 +198,41 @@ def test_export_records_decoder_thresholds_used_by_default(sources, tmp_path, ca
             recorded_decode({"decode": value})
 
 
+def test_export_records_crowded_repeats_that_sampling_undoes(sources, tmp_path, capsys):
+    from cellsynth.stylegan3.generate import MaskGenerator
+    from cellsynth.synth import synth
+
+    out = tmp_path / "g.pt"
+    args = ["models", "export", "--kind", "stylegan3", "--checkpoint", str(sources["snap"])]
+    main([*args, "--out", str(out), "--repeat-crowded", "2:3,5:6"])
+    capsys.readouterr()
+    assert torch.load(out, weights_only=True)["config"]["repeat_crowded"] == [[5, 6], [2, 3]]
+    gen = MaskGenerator.load(out, fp32=True)
+    assert gen.repeats == [(5, 6), (2, 3)] and gen.debiases("auto")
+    assert gen.keep_probability(1) == 1 and gen.keep_probability(4) == 1 / 3
+    bare = models.export_weights(sources["snap"], tmp_path / "bare.pt", ("G_ema",), "stylegan3")
+    plain = MaskGenerator.load(bare, fp32=True).generate([0, 1, 2, 3])
+    assert np.array_equal(gen.generate([0, 1, 2, 3], debias="off"), plain)
+    # synth debiases by default, says so, and --debias off samples as generated
+    synth(tmp_path / "a", masks=f"stylegan3:{out}", seeds="0-1", device="cpu")
+    synth(tmp_path / "b", masks=f"stylegan3:{out}", seeds="0-1", device="cpu", debias="off")
+    for name, on in (("a", True), ("b", False)):
+        man = json.loads((tmp_path / name / "manifest.json").read_text())
+        assert man["checkpoints"]["masks"]["debias"] is on
+    # an export of that export keeps them; other repeats than the file's own are refused
+    again = ["models", "export", "--kind", "stylegan3", "--checkpoint", str(out)]
+    main([*again, "--out", str(tmp_path / "again.pt"), "--repeat-crowded", "5:6,2:3"])
+    capsys.readouterr()
+    assert MaskGenerator.load(tmp_path / "again.pt").repeats == [(5, 6), (2, 3)]
+    _assert_export_refused([*again, "--repeat-crowded", "3:2"], tmp_path / "x.pt", capsys, "5:6")
+    for bad in ("3", "0:2", "3:2:1"):
+        _assert_export_refused([*args, "--repeat-crowded", bad], tmp_path / "x.pt", capsys, "MIN")
+    p2p = ["models", "export", "--kind", "pix2pixhd", "--checkpoint", str(sources["p2p"])]
+    _assert_export_refused(
+        [*p2p, "--repeat-crowded", "3:2"], tmp_path / "t.pt", capsys, "stylegan3"
+    )
+
+
 def test_names_resolve_and_paths_still_work(shipped_root, sources):
     from cellsynth.pix2pixhd.translator import Translator
     from cellsynth.stylegan3.generate import MaskGenerator

@@ -163,3 +163,82 @@ def test_generate_errors(snaps, tmp_path, capsys):
     code, out = _cli([*base, "--network", str(tmp_path / "none.pt"), "--seeds", "0"], capsys)
     assert code == 2 and "none.pt" in out.err
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def _reference_debiased(G, gen, seed, keep):
+    """The documented rule, written out: the seed's first candidate whose uniform number is below
+    the keep probability of its decoded object count (the last one when none is)."""
+    from cellsynth.stylegan3.generate import MAX_CANDIDATES, candidate_latent, candidate_uniform
+
+    for k in range(MAX_CANDIDATES):
+        z = torch.from_numpy(candidate_latent(seed, G.z_dim, 0, k)[None]).float()
+        img = G(z, torch.zeros(1, 0), noise_mode="const").clamp(-1, 1).numpy()
+        n = int(gen.decode(img)[0].max(initial=0))
+        if candidate_uniform(seed, 0, k) < keep(n):
+            return img[0], k
+    return img[0], k
+
+
+def test_debias_keeps_candidates_with_one_over_times_their_chance(snaps):
+    from cellsynth.stylegan3.generate import MaskGenerator, candidate_latent, latent
+    from cellsynth.stylegan3.snapshot import load_generator
+
+    gen = MaskGenerator.load(snaps["sg2"], fp32=True)
+    seeds = list(range(12))
+    plain = gen.generate(seeds, batch=4)
+    counts = [int(lab.max()) for lab in gen.decode(plain)]
+    assert max(counts) >= 1  # the rule below has something to reject
+    assert gen.repeats == [] and not gen.debiases("auto")
+    assert np.array_equal(gen.generate(seeds, batch=4, debias="off"), plain)
+    gen.repeats = [(1, 4)]  # a non-empty mask is kept with chance 1/4, an empty one always
+    assert gen.debiases("auto") and gen.keep_probability(0) == 1.0
+    assert gen.keep_probability(3) == 0.25
+    x = gen.generate(seeds, batch=5)
+    G, _ = load_generator(snaps["sg2"], fp32=True)
+    later = 0
+    for s, got in zip(seeds, x):
+        want, k = _reference_debiased(G, gen, s, gen.keep_probability)
+        assert np.allclose(got, want, atol=1e-5)
+        later += k > 0
+    assert later >= 3  # most seeds' first candidates were rejected
+    assert np.allclose(gen.generate(seeds, batch=1), x, atol=1e-5)  # batching does not matter
+    assert np.array_equal(gen.generate(seeds, batch=4, debias="off"), plain)
+    # candidate 0 is the seed's own latent; later ones a stream of their own
+    assert np.array_equal(candidate_latent(7, 8), latent(7, 8))
+    assert not np.array_equal(candidate_latent(7, 8, 0, 1), latent(7, 8, 1))
+
+
+def test_debias_options_and_recorded_repeats(snaps, tmp_path, capsys):
+    from cellsynth.stylegan3.generate import MaskGenerator, recorded_repeats
+
+    gen = MaskGenerator.load(snaps["sg2"])
+    with pytest.raises(CellsynthError, match="records no repeated crowded tiles"):
+        gen.generate([0], debias="on")
+    with pytest.raises(CellsynthError, match="--debias must be one of"):
+        gen.generate([0], debias="yes")
+    assert recorded_repeats({}) == [] and recorded_repeats({"repeat_crowded": None}) == []
+    assert recorded_repeats({"repeat_crowded": [[10, 2], [14, 4]]}) == [(14, 4), (10, 2)]
+    for bad in ([[0, 2]], [[3]], "x", "3:2", [[3, 2], [3, 4]]):
+        with pytest.raises(CellsynthError, match="records repeat_crowded"):
+            recorded_repeats({"repeat_crowded": bad})
+    # the command line refuses --debias on for a file without repeats: one line, exit 2
+    args = ["stylegan3", "generate", "--network", str(snaps["sg2"]), "--seeds", "0"]
+    code, out = _cli([*args, "--debias", "on", "--outdir", str(tmp_path / "o")], capsys)
+    assert code == 2 and "records no repeated" in out.err and len(out.err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_run_on_repeated_crowded_tiles_records_them(tmp_path):
+    from conftest import make_masks_zip, sg3_snapshot
+
+    from cellsynth.datasets.pack import MaskZipDataset
+    from cellsynth.stylegan3.generate import MaskGenerator
+
+    snap = sg3_snapshot(tmp_path, "stylegan2", repeat_crowded=[[3, 2], [5, 4]])
+    assert torch.load(snap, weights_only=True)["config"]["repeat_crowded"] == [[5, 4], [3, 2]]
+    gen = MaskGenerator.load(snap)
+    assert gen.repeats == [(5, 4), (3, 2)] and gen.debiases("auto") and not gen.debiases("off")
+    for bad in ([[0, 2]], "3:2", [[3, 2, 1]]):
+        path = make_masks_zip(tmp_path / "bad.zip", repeat_crowded=bad)
+        with pytest.raises(CellsynthError, match="bad repeat_crowded"):
+            MaskZipDataset(path)
