@@ -390,6 +390,7 @@ def trained_probe(folder, seg, synth, real_images, truth) -> dict:
 
 def main():
     from cellsynth.pix2pixhd.clusters import APPEARANCE_CHOICES
+    from cellsynth.stylegan3.generate import DEBIAS_CHOICES
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--masks", default="dsb2018-nuclei")
@@ -402,7 +403,7 @@ def main():
     ap.add_argument(
         "--debias",
         default="auto",
-        choices=("auto", "on", "off"),
+        choices=DEBIAS_CHOICES,
         help="undo the generator's crowded-tile repeats (default: when its file records them)",
     )
     ap.add_argument(

@@ -3,6 +3,7 @@
 import click
 
 from cellsynth.stylegan3.configs import ARCH_DEFAULTS, CONFIGS
+from cellsynth.stylegan3.generate import DEBIAS_CHOICES
 
 
 @click.group()
@@ -121,7 +122,7 @@ def train(**kw):
     "--debias",
     default="auto",
     show_default=True,
-    type=click.Choice(["auto", "on", "off"]),
+    type=click.Choice(DEBIAS_CHOICES),
     help="Undo the crowded-tile repeats of the training data (dataset pack --repeat-crowded) "
     "by rejection sampling; auto: when the network file records them.",
 )

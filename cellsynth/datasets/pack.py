@@ -74,8 +74,15 @@ def parse_repeat_crowded(spec) -> list[tuple[int, int]]:
         except ValueError:
             pairs = None
     else:
-        pairs = [tuple(p) for p in spec]
-    if not pairs or any(len(p) != 2 or p[0] < 1 or p[1] < 1 for p in pairs):
+        try:
+            pairs = [tuple(p) for p in spec]
+        except TypeError:
+            pairs = None
+
+    def whole(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    if not pairs or any(len(p) != 2 or not (whole(p[0]) and whole(p[1])) for p in pairs):
         raise CellsynthError(
             f"--repeat-crowded {spec!r}: expected MIN:TIMES pairs separated by commas, e.g. "
             "14:4,10:2 (integers >= 1: a tile with at least MIN objects is packed TIMES times)"

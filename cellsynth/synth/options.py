@@ -23,6 +23,7 @@ from cellsynth.errors import CellsynthError, require
 from cellsynth.options import keyword_map, normalise, option
 from cellsynth.pix2pixhd.clusters import APPEARANCE_CHOICES
 from cellsynth.pix2pixhd.options import DEFAULT_MARGIN, check_blur, check_margin
+from cellsynth.stylegan3.generate import DEBIAS_CHOICES
 from cellsynth.tools.combine import MODES
 from cellsynth.tools.parse import parse_seeds, parse_size
 from cellsynth.tools.points import PREFIX as SPOTS_PREFIX
@@ -152,7 +153,7 @@ class GanOptions:
     )
     debias: str = option(
         "auto",
-        choices=("auto", "on", "off"),
+        choices=DEBIAS_CHOICES,
         help="Undo the crowded-tile repeats of the generator's training data by rejection "
         "sampling (auto: when its file records them).",
     )

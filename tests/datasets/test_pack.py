@@ -235,7 +235,7 @@ def test_parse_repeat_crowded_and_repeats():
     lab[:2, :2], lab[4:, 4:], lab[0, 7] = 5, 9, 2  # 3 objects, ids not sequential
     assert repeats(lab, [(4, 5), (3, 2)]) == 2 and repeats(lab, [(4, 5)]) == 1
     assert repeats(lab, []) == 1
-    for bad in ("14", "14:0", "0:2", "a:b", "14:4,14:2", "1:2:3"):
+    for bad in ("14", "14:0", "0:2", "a:b", "14:4,14:2", "1:2:3", [[1.5, 2]], [[True, 2]], [3]):
         with pytest.raises(CellsynthError, match="repeat-crowded"):
             parse_repeat_crowded(bad)
 
