@@ -105,13 +105,17 @@ def recorded_repeat_crowded(value) -> list[tuple[int, int]]:
         raise ValueError(str(exc)) from None
 
 
+def repeat_times(objects: int, rules: list[tuple[int, int]]) -> int:
+    """TIMES of the densest rule (:func:`parse_repeat_crowded`) that a tile with ``objects``
+    objects meets, else 1: how often packing repeats it, and what sampling divides out."""
+    return next((t for m, t in rules if objects >= m), 1)
+
+
 def repeats(labels: np.ndarray, rules: list[tuple[int, int]]) -> int:
-    """How many times :func:`pack_masks` packs a tile of ``labels`` under ``rules``
-    (:func:`parse_repeat_crowded`): TIMES of the densest rule its object count meets, else 1."""
+    """How many times :func:`pack_masks` packs a tile of ``labels`` under ``rules``."""
     if not rules:
         return 1
-    n = len(np.unique(labels[labels > 0]))
-    return next((t for m, t in rules if n >= m), 1)
+    return repeat_times(len(np.unique(labels[labels > 0])), rules)
 
 
 def _check_transform(transform: str) -> str:

@@ -290,12 +290,13 @@ class MaskGenerator:
         if len(draws) != len(seeds):
             raise CellsynthError(f"{len(seeds)} seeds but {len(draws)} draws")
         self._set_transform(translate, rotate)
+        debiased = self.debiases(debias)
         out = np.empty((len(seeds), self.channels, self.resolution, self.resolution), np.float32)
         for i in tqdm(range(0, len(seeds), batch), disable=not progress, desc="generate"):
             part = slice(i, i + batch)
             cls = None if classes is None else classes[part]
             args = (seeds[part], draws[part], cls, trunc, noise_mode)
-            if self.debiases(debias):
+            if debiased:
                 out[part] = self._debiased(*args, decode_opts or {})
             else:
                 out[part] = self._synthesize(*args, [0] * len(seeds[part]))
@@ -323,7 +324,9 @@ class MaskGenerator:
     def keep_probability(self, objects: int) -> float:
         """Debiasing: the chance a candidate with ``objects`` decoded objects is kept
         (1 / TIMES of the first repeat rule it meets, 1 when none)."""
-        return 1.0 / next((t for m, t in self.repeats if objects >= m), 1)
+        from cellsynth.datasets.pack import repeat_times
+
+        return 1.0 / repeat_times(objects, self.repeats)
 
     def _debiased(self, seeds, draws, classes, trunc, noise_mode, decode_opts) -> np.ndarray:
         """Rejection sampling (see the module docstring): each seed's first kept candidate."""
