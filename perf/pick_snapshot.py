@@ -90,6 +90,7 @@ def figures(real, fake, marker) -> dict:
     row = {
         "marker_thresh": marker,
         "objects_per_tile": round(r["objects_per_image_fake"], 2),
+        "edge_objects_per_tile": round(r["edge_objects_per_image_fake"], 2),
         "mean_area": round(r["mean_area_fake"], 1),
         "touching": round(touching_fraction(fake), 3),
         "empty_share": round(sum(int(f.max(initial=0)) == 0 for f in fake) / len(fake), 3),

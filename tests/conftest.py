@@ -70,6 +70,15 @@ def disks_labels(seed: int, size: int = 64, n: int = 6):
     return lab
 
 
+def labels_with_disks(specs, size: int = 48):
+    """uint16 labels with disk i+1 at ``specs[i] = (cy, cx, r)`` (later disks on top)."""
+    lab = np.zeros((size, size), np.uint16)
+    yy, xx = np.ogrid[:size, :size]
+    for i, (cy, cx, r) in enumerate(specs, 1):
+        lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = i
+    return lab
+
+
 def disks_sample(seed: int, size: int = 64, n: int = 6):
     """A Sample of :func:`disks_labels` as bright disks on a noisy background."""
 

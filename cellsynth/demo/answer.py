@@ -97,8 +97,15 @@ def demo_goals(results: dict | None, realism: dict | None) -> dict:
     if realism:
         for key in ("objects_per_image", "mean_area"):
             g = realism["goals"][key]
+            value = f"{g['synthetic']:.3g} vs {g['real']:.3g}"
+            if key == "objects_per_image" and "edge_objects_per_image_fake" in realism:
+                # where a shortfall sits: the objects cut by the image's edge, or those inside
+                value += (
+                    f" (cut by the edge {realism['edge_objects_per_image_fake']:.3g} vs "
+                    f"{realism['edge_objects_per_image_real']:.3g})"
+                )
             goals[f"synthetic {key.replace('_', ' ')} within 15% of real"] = {
-                "value": f"{g['synthetic']:.3g} vs {g['real']:.3g}",
+                "value": value,
                 "met": g["met"],
             }
     ranked = best_on_real(results, n_boot=1) if results else None

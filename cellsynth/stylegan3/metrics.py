@@ -167,12 +167,13 @@ class ImageFeatures:
 def object_features(labels_list) -> dict:
     """Per-object morphology of a list of instance-label images.
 
-    Returns dict: ``area``, ``perimeter``, ``eccentricity``, ``solidity`` (1-D arrays over all
-    objects) and ``count`` (objects per image).
+    Returns dict: ``area``, ``perimeter``, ``eccentricity``, ``solidity`` and ``edge`` (1 for an
+    object that touches the image's edge, else 0) as 1-D arrays over all objects, and ``count``
+    (objects per image).
     """
     from skimage.measure import regionprops
 
-    feats = {k: [] for k in MORPHOLOGY}
+    feats = {k: [] for k in (*MORPHOLOGY, "edge")}
     counts = []
     for lab in labels_list:
         lab = np.asarray(lab)
@@ -180,11 +181,14 @@ def object_features(labels_list) -> dict:
             raise CellsynthError(f"instance labels must be 2-D, got shape {lab.shape}")
         props = regionprops(lab.astype(np.int64))
         counts.append(len(props))
+        h, w = lab.shape
         for p in props:
             feats["area"].append(p.area)
             feats["perimeter"].append(p.perimeter)
             feats["eccentricity"].append(p.eccentricity)
             feats["solidity"].append(p.solidity)
+            r0, c0, r1, c1 = p.bbox
+            feats["edge"].append(r0 == 0 or c0 == 0 or r1 == h or c1 == w)
     out = {k: np.asarray(v, dtype=np.float64) for k, v in feats.items()}
     out["count"] = np.asarray(counts, dtype=np.float64)
     return out
@@ -196,7 +200,9 @@ def realism(real_labels, fake_labels) -> dict:
     Returns a flat dict: for each feature f in area, perimeter, eccentricity, solidity, count:
     ``w1_f`` (Wasserstein-1 distance / real std; None when no object was generated) and
     ``ks_f`` (KS statistic, 1 then); ``w1_mean`` and
-    ``ks_mean`` over the features; ``objects_per_image_real/fake``, ``mean_area_real/fake``,
+    ``ks_mean`` over the features; ``objects_per_image_real/fake``, of them
+    ``edge_objects_per_image_real/fake`` (objects cut by the image's edge: a generator whose
+    objects keep away from the edges has too few of these), ``mean_area_real/fake``,
     ``num_objects_real/fake``, ``num_images_real/fake``.
     """
     from scipy.stats import ks_2samp, wasserstein_distance
@@ -220,7 +226,9 @@ def realism(real_labels, fake_labels) -> dict:
     out["w1_mean"] = None if None in w1s else float(np.mean(w1s))
     out["ks_mean"] = float(np.mean(kss))
     for name, d in (("real", real), ("fake", fake)):
-        out[f"objects_per_image_{name}"] = float(d["count"].mean()) if len(d["count"]) else 0.0
+        images = len(d["count"])
+        out[f"objects_per_image_{name}"] = float(d["count"].mean()) if images else 0.0
+        out[f"edge_objects_per_image_{name}"] = float(d["edge"].sum() / images) if images else 0.0
         out[f"mean_area_{name}"] = float(d["area"].mean()) if len(d["area"]) else 0.0
         out[f"num_objects_{name}"] = int(len(d["area"]))
         out[f"num_images_{name}"] = int(len(d["count"]))

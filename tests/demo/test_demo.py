@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import labels_with_disks
 
 from cellsynth.demo import Pipeline, run_demo
 from cellsynth.errors import CellsynthError
@@ -57,6 +58,7 @@ def test_demo_tiny_end_to_end(tmp_path):
 def test_answer_from_made_up_results():
     """The headline on hand-made per-image counts: the best segmenter, its lead, the goals."""
     from cellsynth.demo.answer import best_on_real, demo_goals, headline
+    from cellsynth.stylegan3.metrics import realism
 
     def rows(tp50, n_true=10, n_pred=10):
         return [
@@ -112,6 +114,15 @@ def test_answer_from_made_up_results():
     goals = demo_goals(results, None)
     deep = goals["every deep segmenter above AP@0.5 0.5 on the real images"]
     assert deep["met"] is False and "unet 0.250" in deep["value"]  # 16 / (16 + 24 + 24)
+    real = labels_with_disks([(2, 20, 5), (30, 45, 6), (24, 20, 4)])  # 2 cut by the edge
+    fake = labels_with_disks([(24, 20, 4), (30, 30, 5)])  # none cut
+    fig = realism([real], [fake, fake])
+    fig["goals"] = {
+        "objects_per_image": {"synthetic": 2.0, "real": 3.0, "met": False},
+        "mean_area": {"synthetic": 60.0, "real": 70.0, "met": True},
+    }
+    count = demo_goals(None, fig)["synthetic objects per image within 15% of real"]
+    assert count == {"value": "2 vs 3 (cut by the edge 0 vs 2)", "met": False}
 
 
 def test_pipeline_isolates_failures():

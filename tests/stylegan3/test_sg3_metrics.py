@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from conftest import labels_with_disks
 
 from cellsynth.errors import CellsynthError
 
@@ -72,22 +73,14 @@ def test_inception_weights_errors(tmp_path, monkeypatch):
         load_inception()
 
 
-def _labels_with_disks(specs, size=48):
-    lab = np.zeros((size, size), np.uint16)
-    yy, xx = np.ogrid[:size, :size]
-    for i, (cy, cx, r) in enumerate(specs, 1):
-        lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = i
-    return lab
-
-
 def test_object_features_and_realism():
     from scipy.stats import wasserstein_distance
     from skimage.measure import regionprops
 
     from cellsynth.stylegan3.metrics import object_features, realism
 
-    real = [_labels_with_disks([(10, 10, 4), (30, 30, 6)]), _labels_with_disks([(20, 20, 5)])]
-    fake = [_labels_with_disks([(10, 10, 8)]), np.zeros((48, 48), np.uint16)]
+    real = [labels_with_disks([(10, 10, 4), (30, 30, 6)]), labels_with_disks([(20, 20, 5)])]
+    fake = [labels_with_disks([(10, 10, 8)]), np.zeros((48, 48), np.uint16)]
     f = object_features(real)
     assert list(f["count"]) == [2, 1]
     areas = [p.area for lab in real for p in regionprops(lab)]
@@ -99,10 +92,26 @@ def test_object_features_and_realism():
     ref = wasserstein_distance(areas, object_features(fake)["area"]) / np.std(areas)
     assert r["w1_area"] == pytest.approx(ref)
     assert r["objects_per_image_real"] == 1.5 and r["objects_per_image_fake"] == 0.5
+    assert r["edge_objects_per_image_real"] == 0 and r["edge_objects_per_image_fake"] == 0
     assert r["mean_area_real"] == pytest.approx(np.mean(areas))
     assert r["num_objects_fake"] == 1 and r["num_images_fake"] == 2
     with pytest.raises(CellsynthError, match="no objects"):
         realism([np.zeros((8, 8), np.uint16)], fake)
+
+
+def test_edge_objects_are_those_the_image_edge_cuts():
+    from cellsynth.stylegan3.metrics import object_features, realism
+
+    # cut by the top edge, by the right edge, and one inside
+    lab = labels_with_disks([(2, 20, 5), (30, 45, 6), (24, 20, 4)])
+    # a disk that ends one pixel short of the bottom edge is inside
+    inner = labels_with_disks([(40, 10, 6)])
+    assert inner[47].max() == 0 and inner[46].max() == 1
+    f = object_features([lab, inner])
+    assert list(f["edge"]) == [1, 1, 0, 0]
+    r = realism([lab, inner], [inner, inner, lab])
+    assert r["edge_objects_per_image_real"] == 1.0
+    assert r["edge_objects_per_image_fake"] == pytest.approx(2 / 3)
 
 
 def test_metrics_command_realism(tmp_path, capsys):
@@ -126,7 +135,7 @@ def test_realism_without_generated_objects_is_json_safe():
 
     from cellsynth.stylegan3.metrics import realism
 
-    r = realism([_labels_with_disks([(10, 10, 4)])], [np.zeros((48, 48), np.uint16)] * 2)
+    r = realism([labels_with_disks([(10, 10, 4)])], [np.zeros((48, 48), np.uint16)] * 2)
     assert r["w1_area"] is None and r["w1_mean"] is None and r["ks_area"] == 1.0
     assert r["objects_per_image_fake"] == 0 and r["w1_count"] is not None
     json.loads(json.dumps(r, allow_nan=False))
