@@ -8,7 +8,7 @@
 #            StyleGAN2 generator makes half as many nuclei cut by the tile's edge as real tiles
 #            have (its whole count shortfall), and from scratch on a CPU StyleGAN2 kept its
 #            nuclei off the edges (16-24 kimg) where stylegan3-t put them there from its first
-#            blobs (12-16 kimg); see the model card. On a CPU stylegan3-t costs 250 s/kimg
+#            blobs (12-16 kimg); see the model card. On a CPU stylegan3-t costs about 245 s/kimg
 #            against 31, so only a GPU can train it far.
 #   CBASE, CMAX  widths (default 2048, 64: the shipped generator's)
 #   RESUME   a full training state (network-snapshot-*.pt with G, D, optimizers, ADA p) to go on
@@ -89,15 +89,12 @@ el "train rc=$rc, $(ls "$RUN"/network-snapshot-*.pt 2>/dev/null | wc -l) snapsho
 # state in RESUME, else the shipped generator, is measured beside them (as kimg 0 of a folder
 # "start"), same seeds
 mkdir -p "$W/pick/start"
-: >"$W/pick/dirs"
 START=${RESUME:-}
 if [ -z "$START" ]; then # the shipped generator, whatever CFG trains: the bar to pass
   START=$($PY -c "from cellsynth import models; print(models.resolve('dsb2018-nuclei', 'stylegan3'))")
 fi
-if [ -n "$START" ]; then
-  ln -sf "$(readlink -f "$START")" "$W/pick/start/network-snapshot-000000.000.pt"
-  echo "$W/pick/start" >"$W/pick/dirs"
-fi
+ln -sf "$(readlink -f "$START")" "$W/pick/start/network-snapshot-000000.000.pt"
+echo "$W/pick/start" >"$W/pick/dirs"
 # at most KEEP snapshots (default 16), evenly spread over the run, the last one always
 SNAPS=$(ls "$RUN"/network-snapshot-*.pt | $PY -c "
 import sys

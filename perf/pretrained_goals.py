@@ -243,9 +243,10 @@ def matched_reference(
     noise of that smaller sample. Here ``draws`` times ``k`` train images (as many as the
     translated set has) are drawn (seeded, without replacement) and their distribution compared
     with the test images' (``real``: the measure of the test images; ``per_train``: the same
-    measure of each train image, a list of arrays). Returns the 10th, 50th and 90th percentiles of those
-    distances, the translated set's distance ``got`` as a ratio to their median, and the share
-    of draws of real images that came closer to the test images than the translated set did.
+    measure of each train image, a list of arrays). Returns the 10th, 50th and 90th
+    percentiles of those distances, the translated set's distance ``got`` as a ratio to their
+    median, and the share of draws of real images that came closer to the test images than
+    the translated set did.
     """
     from scipy.stats import wasserstein_distance
 
@@ -296,7 +297,7 @@ def image_figures(args, train, test, variants) -> dict[str, dict]:
     ap_real = pooled_ap50(truth, [probe.predict(gray(im)) for im in real_images])
     n_real, b_real = intensities(zip(real_images, truth))
     per_train = [image_intensities(s.image, s.labels) for s in train]
-    n_tr, b_tr = intensities([(s.image, s.labels) for s in train])
+    n_tr, b_tr = (np.concatenate([p[k] for p in per_train]) for k in (0, 1))
     trained = [load_probe(spec, real_images) for spec in args.probe_model]
     tr = Translator.load(args.images, appearance=args.appearance)
     results = {}
