@@ -231,7 +231,7 @@ def realism(real_labels, fake_labels) -> dict:
         out[f"edge_objects_per_image_{name}"] = float(d["edge"].sum() / images) if images else 0.0
         out[f"mean_area_{name}"] = float(d["area"].mean()) if len(d["area"]) else 0.0
         out[f"num_objects_{name}"] = int(len(d["area"]))
-        out[f"num_images_{name}"] = int(len(d["count"]))
+        out[f"num_images_{name}"] = images
     return out
 
 
