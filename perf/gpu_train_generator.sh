@@ -38,6 +38,10 @@
 set -u
 MIN=${1:-4}
 L=${2:-${OUT:-gpu-train}}
+if ! [[ $MIN =~ ^[0-9]*\.?[0-9]+$ ]] || [[ $MIN =~ ^0*\.?0*$ ]]; then
+  echo "gpu_train_generator.sh: MINUTES must be a positive number, not '$MIN'" >&2
+  exit 2
+fi
 mkdir -p "$L"
 L=$(cd "$L" && pwd)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
